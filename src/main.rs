@@ -1,1 +1,82 @@
-fn main() {}
+//! `chronus-gateway` command line: `serve` (default), `demo`, `dev-thoth`, `token`.
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+chronus-gateway — authenticated WebSocket gateway for chronus transcription
+
+USAGE:
+    chronus-gateway [serve]        run the gateway (configuration from the environment / .env)
+    chronus-gateway demo           run a self-contained demo: gateway + dev thoth + SQLite, prints a token
+    chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] [--token TOKEN]
+                                   run the dev thoth alone (mux v1 + legacy on /stream-audio)
+    chronus-gateway token --sub USER [--ttl SECS]
+                                   mint an HS256 token with JWT_SECRET (for development)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("serve");
+    let rest = args.get(1..).unwrap_or_default();
+    let result = match command {
+        "serve" => serve(),
+        "demo" => chronus_gateway::demo::run(rest),
+        "dev-thoth" => chronus_gateway::devthoth::run_cli(rest).map_err(Into::into),
+        "token" => mint_token(rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n\n{USAGE}").into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chronus-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    // A missing .env is fine: the environment may hold everything.
+    let _ = dotenvy::dotenv();
+    init_logging();
+    let config = chronus_gateway::config::Config::from_env()?;
+    log::info!("starting with {config:?}");
+    actix_rt::System::new().block_on(async move {
+        let gateway = chronus_gateway::start(config).await?;
+        gateway.wait().await?;
+        log::info!("stopped");
+        Ok(())
+    })
+}
+
+fn mint_token(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = dotenvy::dotenv();
+    let mut sub = None;
+    let mut ttl: u64 = 3600;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--sub" => sub = iter.next().cloned(),
+            "--ttl" => ttl = iter.next().ok_or("--ttl needs a value")?.parse()?,
+            other => return Err(format!("unknown option {other:?}").into()),
+        }
+    }
+    let sub = sub.ok_or("--sub USER is required")?;
+    let secret = std::env::var("JWT_SECRET").map_err(|_| "JWT_SECRET is not set")?;
+    let token = chronus_gateway::auth::mint_hs256(
+        secret.as_bytes(),
+        &sub,
+        ttl,
+        std::env::var("JWT_ISSUER").ok().as_deref(),
+        std::env::var("JWT_AUDIENCE").ok().as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}

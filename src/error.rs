@@ -1,0 +1,296 @@
+//! The one error type the browser ever sees, and the single place that decides
+//! its chronus `code`, human message, `retryable` flag and WebSocket close code
+//! (PROTOCOL.md 2.5).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Serialize;
+
+/// Stable chronus error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthorized,
+    TokenExpired,
+    Forbidden,
+    NoApiKey,
+    BadMessage,
+    InvalidAudioFormat,
+    MessageTooLarge,
+    RateLimited,
+    TooManySessions,
+    ThothBusy,
+    ThothUnavailable,
+    ThothReconnecting,
+    AuthFailed,
+    ThothError,
+    MistralUnavailable,
+    MistralError,
+    IdleTimeout,
+    ServerShuttingDown,
+    Internal,
+}
+
+/// Where a failure came from (after pingora's error model): it decides who can
+/// fix it and whether retrying helps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The browser sent something wrong or is not allowed.
+    Downstream,
+    /// thoth or Mistral failed or refused.
+    Upstream,
+    /// The gateway itself (limits, shutdown, bugs).
+    Gateway,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => "UNAUTHORIZED",
+            TokenExpired => "TOKEN_EXPIRED",
+            Forbidden => "FORBIDDEN",
+            NoApiKey => "NO_API_KEY",
+            BadMessage => "BAD_MESSAGE",
+            InvalidAudioFormat => "INVALID_AUDIO_FORMAT",
+            MessageTooLarge => "MESSAGE_TOO_LARGE",
+            RateLimited => "RATE_LIMITED",
+            TooManySessions => "TOO_MANY_SESSIONS",
+            ThothBusy => "THOTH_BUSY",
+            ThothUnavailable => "THOTH_UNAVAILABLE",
+            ThothReconnecting => "THOTH_RECONNECTING",
+            AuthFailed => "AUTH_FAILED",
+            ThothError => "THOTH_ERROR",
+            MistralUnavailable => "MISTRAL_UNAVAILABLE",
+            MistralError => "MISTRAL_ERROR",
+            IdleTimeout => "IDLE_TIMEOUT",
+            ServerShuttingDown => "SERVER_SHUTTING_DOWN",
+            Internal => "INTERNAL",
+        }
+    }
+
+    /// The message shown to people when the raiser gives none.
+    pub fn default_message(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => "Authentication required: the token is missing, invalid or expired",
+            TokenExpired => "Your session token expired; reconnect with a fresh token",
+            Forbidden => "This origin is not allowed to use the transcription service",
+            NoApiKey => "No Mistral API key configured",
+            BadMessage => "Message not understood",
+            InvalidAudioFormat => "Audio must be a whole number of samples in the session's encoding",
+            MessageTooLarge => "Message too large",
+            RateLimited => "Audio is arriving faster than the service allows",
+            TooManySessions => "Too many transcription sessions are open",
+            ThothBusy => "The transcription service is busy; try again shortly",
+            ThothUnavailable => "Transcription service temporarily unavailable",
+            ThothReconnecting => "Connection to the transcription service lost; reconnecting",
+            AuthFailed => "The transcription service refused the gateway's credentials",
+            ThothError => "The transcription service could not process this session",
+            MistralUnavailable => "Mistral transcription temporarily unavailable",
+            MistralError => "Mistral reported an error for this session",
+            IdleTimeout => "No audio received for too long; session closed",
+            ServerShuttingDown => "The gateway is restarting; please reconnect",
+            Internal => "Internal error",
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn retryable(self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            RateLimited
+                | TooManySessions
+                | ThothBusy
+                | ThothUnavailable
+                | ThothReconnecting
+                | MistralUnavailable
+                | IdleTimeout
+                | ServerShuttingDown
+        )
+    }
+
+    /// The WebSocket close code that follows the error, or `None` when the
+    /// session goes on. Never a reserved code (1005, 1006, 1015).
+    pub fn close_code(self) -> Option<u16> {
+        use ErrorCode::*;
+        match self {
+            Unauthorized | TokenExpired => Some(4401),
+            Forbidden => Some(4403),
+            NoApiKey => Some(4400),
+            BadMessage | InvalidAudioFormat | ThothReconnecting => None,
+            MessageTooLarge => Some(1009),
+            RateLimited => Some(4429),
+            TooManySessions | ThothBusy => Some(4409),
+            IdleTimeout => Some(4408),
+            ServerShuttingDown => Some(1012),
+            ThothUnavailable | AuthFailed | ThothError | MistralUnavailable | MistralError
+            | Internal => Some(1011),
+        }
+    }
+
+    pub fn source(self) -> ErrorSource {
+        use ErrorCode::*;
+        match self {
+            Unauthorized | TokenExpired | Forbidden | NoApiKey | BadMessage
+            | InvalidAudioFormat | MessageTooLarge | RateLimited | IdleTimeout => {
+                ErrorSource::Downstream
+            }
+            ThothBusy | ThothUnavailable | ThothReconnecting | AuthFailed | ThothError
+            | MistralUnavailable | MistralError => ErrorSource::Upstream,
+            TooManySessions | ServerShuttingDown | Internal => ErrorSource::Gateway,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error bound for a browser: a code, a human message (never upstream
+/// internals), and the upstream's own code when it gave one (Mistral).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    pub upstream_code: Option<serde_json::Value>,
+}
+
+impl GatewayError {
+    pub fn new(code: ErrorCode) -> Self {
+        GatewayError {
+            code,
+            message: Cow::Borrowed(code.default_message()),
+            upstream_code: None,
+        }
+    }
+
+    pub fn with_message(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        GatewayError {
+            code,
+            message: message.into(),
+            upstream_code: None,
+        }
+    }
+
+    pub fn with_upstream_code(mut self, upstream_code: serde_json::Value) -> Self {
+        self.upstream_code = Some(upstream_code);
+        self
+    }
+
+    /// The chronus envelope as a JSON text frame.
+    pub fn envelope(&self, session_id: Option<&str>) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Envelope<'a> {
+            r#type: &'static str,
+            code: &'static str,
+            message: &'a str,
+            retryable: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            upstream_code: Option<&'a serde_json::Value>,
+            timestamp: String,
+        }
+        let envelope = Envelope {
+            r#type: "error",
+            code: self.code.as_str(),
+            message: &self.message,
+            retryable: self.code.retryable(),
+            session_id,
+            upstream_code: self.upstream_code.as_ref(),
+            timestamp: crate::protocol::now_rfc3339(),
+        };
+        // Serializing a struct of strings and bools cannot fail.
+        serde_json::to_string(&envelope).expect("envelope serializes")
+    }
+}
+
+impl From<ErrorCode> for GatewayError {
+    fn from(code: ErrorCode) -> Self {
+        GatewayError::new(code)
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorCode; 19] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::NoApiKey,
+        ErrorCode::BadMessage,
+        ErrorCode::InvalidAudioFormat,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManySessions,
+        ErrorCode::ThothBusy,
+        ErrorCode::ThothUnavailable,
+        ErrorCode::ThothReconnecting,
+        ErrorCode::AuthFailed,
+        ErrorCode::ThothError,
+        ErrorCode::MistralUnavailable,
+        ErrorCode::MistralError,
+        ErrorCode::IdleTimeout,
+        ErrorCode::ServerShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    #[test]
+    fn reserved_close_codes_are_never_used() {
+        for code in ALL {
+            if let Some(close) = code.close_code() {
+                assert!(![1005, 1006, 1015].contains(&close), "{code}");
+            }
+        }
+    }
+
+    #[test]
+    fn close_codes_follow_the_protocol_table() {
+        assert_eq!(ErrorCode::Unauthorized.close_code(), Some(4401));
+        assert_eq!(ErrorCode::Forbidden.close_code(), Some(4403));
+        assert_eq!(ErrorCode::NoApiKey.close_code(), Some(4400));
+        assert_eq!(ErrorCode::BadMessage.close_code(), None);
+        assert_eq!(ErrorCode::MessageTooLarge.close_code(), Some(1009));
+        assert_eq!(ErrorCode::RateLimited.close_code(), Some(4429));
+        assert_eq!(ErrorCode::ThothBusy.close_code(), Some(4409));
+        assert_eq!(ErrorCode::ThothUnavailable.close_code(), Some(1011));
+        assert_eq!(ErrorCode::IdleTimeout.close_code(), Some(4408));
+        assert_eq!(ErrorCode::ServerShuttingDown.close_code(), Some(1012));
+    }
+
+    #[test]
+    fn envelope_has_every_field() {
+        let err = GatewayError::new(ErrorCode::ThothUnavailable);
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(Some("abc"))).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "THOTH_UNAVAILABLE");
+        assert_eq!(v["message"], "Transcription service temporarily unavailable");
+        assert_eq!(v["retryable"], true);
+        assert_eq!(v["sessionId"], "abc");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("upstreamCode").is_none());
+    }
+
+    #[test]
+    fn upstream_code_is_kept() {
+        let err = GatewayError::new(ErrorCode::MistralError).with_upstream_code(3001.into());
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
+        assert_eq!(v["upstreamCode"], 3001);
+        assert!(v.get("sessionId").is_none());
+    }
+}

@@ -1,0 +1,122 @@
+//! Everything checked before a WebSocket is accepted (PROTOCOL.md 2.2): Origin,
+//! token, session caps. A refused browser still gets an upgrade, because a
+//! browser cannot read an HTTP status on a failed handshake: it receives the
+//! chronus error envelope and a 44xx close code. No upstream is touched.
+
+use actix::prelude::*;
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+
+use crate::auth::{origin_allowed, token_from_request, AuthFailure, Claims, JWT_SUBPROTOCOL};
+use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::limits::SessionPermit;
+use crate::metrics;
+use crate::state::AppState;
+
+/// A request that passed admission.
+pub struct Admitted {
+    pub claims: Claims,
+    pub permit: SessionPermit,
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// `426 Upgrade Required` for a WebSocket path hit by plain HTTP.
+pub fn upgrade_required() -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::UPGRADE_REQUIRED)
+        .insert_header((header::UPGRADE, "websocket"))
+        .json(serde_json::json!({"error": "This endpoint only speaks WebSocket"}))
+}
+
+/// Checks the caller of a WebSocket endpoint: Origin, then token, then caps.
+pub fn admit_websocket(req: &HttpRequest, state: &AppState) -> Result<Admitted, GatewayError> {
+    if !origin_allowed(req, state.config.allowed_origins.as_deref()) {
+        metrics::AUTH_FAILURES.with_label_values(&["origin"]).inc();
+        log::info!("session refused: origin not allowed");
+        return Err(GatewayError::new(ErrorCode::Forbidden));
+    }
+    let claims = authenticate(req, state).map_err(|failure| {
+        GatewayError::with_message(ErrorCode::Unauthorized, unauthorized_message(failure))
+    })?;
+    let permit = state.sessions.acquire(&claims.sub).inspect_err(|_| {
+        log::info!("session refused for user {}: session cap reached", claims.sub);
+    })?;
+    Ok(Admitted { claims, permit })
+}
+
+/// Validates the request's token; counts and logs (without the token) a failure.
+pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, AuthFailure> {
+    let result = match token_from_request(req, &state.config.jwt.cookie_name) {
+        None => Err(AuthFailure::Missing),
+        Some((token, _source)) => state.jwt.validate(&token),
+    };
+    match &result {
+        Ok(claims) => log::debug!("authenticated user {}", claims.sub),
+        Err(failure) => {
+            metrics::AUTH_FAILURES.with_label_values(&[failure.as_str()]).inc();
+            log::info!("authentication failed: {}", failure.as_str());
+        }
+    }
+    result
+}
+
+/// For plain HTTP endpoints: the caller's claims or `401 {"error":"Unauthorized"}`.
+pub fn authenticate_http(req: &HttpRequest, state: &AppState) -> Result<Claims, HttpResponse> {
+    if !origin_allowed(req, state.config.allowed_origins.as_deref()) {
+        metrics::AUTH_FAILURES.with_label_values(&["origin"]).inc();
+        return Err(HttpResponse::Forbidden().json(serde_json::json!({"error": "Forbidden"})));
+    }
+    authenticate(req, state)
+        .map_err(|_| HttpResponse::Unauthorized().json(serde_json::json!({"error": "Unauthorized"})))
+}
+
+fn unauthorized_message(failure: AuthFailure) -> &'static str {
+    match failure {
+        AuthFailure::Missing => "Authentication required: no token was sent",
+        AuthFailure::Expired => "Your token has expired; sign in again",
+        _ => "Authentication failed: the token is invalid",
+    }
+}
+
+/// The subprotocols the gateway may select (never the token itself).
+pub const SELECTABLE_SUBPROTOCOLS: &[&str] = &[JWT_SUBPROTOCOL];
+
+/// Upgrades only to deliver `error` and close with its code.
+pub fn reject_websocket(
+    req: &HttpRequest,
+    payload: web::Payload,
+    error: GatewayError,
+) -> Result<HttpResponse, actix_web::Error> {
+    ws::WsResponseBuilder::new(RejectedSession { error }, req, payload)
+        .protocols(SELECTABLE_SUBPROTOCOLS)
+        .start()
+}
+
+/// Lives just long enough to send one error and close.
+struct RejectedSession {
+    error: GatewayError,
+}
+
+impl Actor for RejectedSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.text(self.error.envelope(None));
+        let code = self.error.code.close_code().unwrap_or(4400);
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(self.error.code.as_str().to_string()),
+        }));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for RejectedSession {
+    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
+}

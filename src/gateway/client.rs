@@ -1,0 +1,549 @@
+//! ClientActor: one per browser session. It validates the browser's frames,
+//! holds audio until the upstream is ready, relays audio up and results down,
+//! and guarantees that however the session ends its upstream slot is freed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::LocalBoxFuture;
+use uuid::Uuid;
+
+use crate::audio::{s16le_to_f32le, AudioFormat};
+use crate::auth::JwtValidator;
+use crate::config::Config;
+use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::limits::SessionPermit;
+use crate::gateway::rate::AudioRateLimiter;
+use crate::metrics;
+use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
+use crate::state::AppState;
+use crate::upstream::{EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink};
+
+/// The gateway pings the browser this often…
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
+/// …and drops it when nothing at all was heard for this long (dead TCP).
+const CLIENT_SILENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Audio held while the upstream is not ready yet, in seconds of audio.
+pub const PRE_READY_BUFFER_SECS: f64 = 10.0;
+/// The `done` text keeps at most this many bytes of final results.
+const MAX_TRANSCRIPT_BYTES: usize = 1024 * 1024;
+
+/// Opens the session's upstream: subscribes to the thoth pool or starts a
+/// Mistral actor. Returns the link audio and `end` travel through.
+pub type UpstreamConnector =
+    Box<dyn FnOnce(Subscribe) -> LocalBoxFuture<'static, Result<UpstreamLink, GatewayError>>>;
+
+/// What a ClientActor is created with.
+pub struct ClientSession {
+    pub session_id: Uuid,
+    pub user: String,
+    pub token_exp: u64,
+    pub provider: Provider,
+    /// The browser's audio format.
+    pub format: AudioFormat,
+    /// Whether the upstream needs f32le while the browser sends s16le.
+    pub convert_to_f32: bool,
+    pub state: Arc<AppState>,
+    pub permit: SessionPermit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the upstream's `Ready`; audio is buffered.
+    Connecting,
+    /// Audio flows.
+    Streaming,
+    /// The browser sent `end`; waiting for the last results and `Done`.
+    Ending,
+    /// An error or `done` was sent; the socket is closing.
+    Closed,
+}
+
+/// A fragmented browser message being reassembled.
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+}
+
+pub struct ClientActor {
+    session: ClientSession,
+    id_text: String,
+    upstream: Option<UpstreamLink>,
+    connector: Option<UpstreamConnector>,
+    phase: Phase,
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    end_requested: bool,
+    /// Final results so far, joined with single spaces, for `done`.
+    transcript: String,
+    rate: AudioRateLimiter,
+    last_heard: Instant,
+    last_audio: Instant,
+    started: Instant,
+    expiry_timer: Option<SpawnHandle>,
+    fragments: Option<Fragments>,
+}
+
+impl ClientActor {
+    pub fn new(session: ClientSession, connector: UpstreamConnector) -> Self {
+        let now = Instant::now();
+        ClientActor {
+            id_text: session.session_id.to_string(),
+            rate: AudioRateLimiter::new(session.state.config.max_audio_rate),
+            session,
+            upstream: None,
+            connector: Some(connector),
+            phase: Phase::Connecting,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            end_requested: false,
+            transcript: String::new(),
+            last_heard: now,
+            last_audio: now,
+            started: now,
+            expiry_timer: None,
+            fragments: None,
+        }
+    }
+
+    fn jwt(&self) -> &JwtValidator {
+        &self.session.state.jwt
+    }
+
+    fn config(&self) -> &Config {
+        &self.session.state.config
+    }
+
+    // ---- writing to the browser ------------------------------------------
+
+    fn send_text(&self, text: String, ctx: &mut ws::WebsocketContext<Self>) {
+        metrics::GATEWAY_TO_CLIENT.record(text.len());
+        ctx.text(text);
+    }
+
+    /// Sends the error envelope; closes the session when the code says so.
+    fn report(&mut self, error: GatewayError, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.send_text(error.envelope(Some(&self.id_text)), ctx);
+        if let Some(code) = error.code.close_code() {
+            log::info!("session {}: closing with {} ({code})", self.id_text, error.code);
+            self.close(code, error.code.as_str(), ctx);
+        }
+    }
+
+    fn close(&mut self, code: u16, description: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.phase = Phase::Closed;
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(description.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    // ---- audio -----------------------------------------------------------
+
+    fn on_audio(&mut self, audio: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.phase {
+            Phase::Connecting | Phase::Streaming if !self.end_requested => {}
+            Phase::Closed => return,
+            _ => {
+                return self.report(
+                    GatewayError::with_message(ErrorCode::BadMessage, "Audio after end is ignored"),
+                    ctx,
+                )
+            }
+        }
+        if let Err(e) = self.session.format.check_whole_samples(&audio) {
+            return self.report(e, ctx);
+        }
+        if audio.is_empty() {
+            return;
+        }
+        if !self.rate.admit(self.session.format.seconds(audio.len())) {
+            return self.report(GatewayError::new(ErrorCode::RateLimited), ctx);
+        }
+        self.last_audio = Instant::now();
+        let audio = if self.session.convert_to_f32 {
+            s16le_to_f32le(&audio)
+        } else {
+            audio
+        };
+        if self.phase == Phase::Streaming {
+            self.forward(audio);
+            return;
+        }
+        let limit = (self.session.format.bytes_per_second() * PRE_READY_BUFFER_SECS) as usize
+            * if self.session.convert_to_f32 { 2 } else { 1 };
+        if self.pending_bytes + audio.len() > limit {
+            return self.report(
+                GatewayError::with_message(
+                    ErrorCode::RateLimited,
+                    "Too much audio arrived before the transcription service was ready",
+                ),
+                ctx,
+            );
+        }
+        self.pending_bytes += audio.len();
+        self.pending.push_back(audio);
+    }
+
+    fn forward(&self, audio: Bytes) {
+        if let Some(link) = &self.upstream {
+            let received = Instant::now();
+            link.audio.do_send(SessionAudio {
+                session_id: self.session.session_id,
+                audio,
+            });
+            metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
+        }
+    }
+
+    fn on_end(&mut self) {
+        if self.end_requested {
+            return;
+        }
+        self.end_requested = true;
+        if self.phase == Phase::Streaming {
+            self.send_end();
+        }
+    }
+
+    fn send_end(&mut self) {
+        self.phase = Phase::Ending;
+        if let Some(link) = &self.upstream {
+            link.end.do_send(EndSession {
+                session_id: self.session.session_id,
+            });
+        }
+    }
+
+    // ---- text messages ---------------------------------------------------
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match ClientMessage::parse(text) {
+            Ok(ClientMessage::Audio { data }) => {
+                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                    Ok(audio) => self.on_audio(Bytes::from(audio), ctx),
+                    Err(_) => self.report(
+                        GatewayError::with_message(ErrorCode::InvalidAudioFormat, "Audio data is not valid base64"),
+                        ctx,
+                    ),
+                }
+            }
+            Ok(ClientMessage::End) => self.on_end(),
+            Ok(ClientMessage::Ping) => self.send_text(ServerEvent::Pong.to_json(), ctx),
+            Ok(ClientMessage::Auth { token }) => self.refresh_token(&token, ctx),
+            Err(e) => self.report(e, ctx),
+        }
+    }
+
+    /// Replaces the session's token (same user) so it outlives the first one.
+    fn refresh_token(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.jwt().validate(token) {
+            Ok(claims) if claims.sub == self.session.user => {
+                log::info!("session {}: token refreshed", self.id_text);
+                self.session.token_exp = claims.exp;
+                self.schedule_expiry(ctx);
+            }
+            Ok(_) => {
+                metrics::AUTH_FAILURES.with_label_values(&["refresh_other_user"]).inc();
+                self.report(
+                    GatewayError::with_message(
+                        ErrorCode::Unauthorized,
+                        "A refreshed token must belong to the same user",
+                    ),
+                    ctx,
+                );
+            }
+            Err(failure) => {
+                metrics::AUTH_FAILURES.with_label_values(&[failure.as_str()]).inc();
+                self.report(
+                    GatewayError::with_message(ErrorCode::Unauthorized, "The refreshed token is invalid"),
+                    ctx,
+                );
+            }
+        }
+    }
+
+    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(timer) = self.expiry_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let left = Duration::from_secs(self.session.token_exp.saturating_sub(now));
+        self.expiry_timer = Some(ctx.run_later(left, |act, ctx| {
+            act.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+        }));
+    }
+
+    fn schedule_idle_check(&self, delay: Duration, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.run_later(delay, |act, ctx| {
+            let idle_for = act.last_audio.elapsed();
+            let limit = act.config().idle_timeout;
+            if act.phase == Phase::Ending {
+                return; // the upstream is finishing; `done` will close the session
+            }
+            if idle_for >= limit {
+                act.report(GatewayError::new(ErrorCode::IdleTimeout), ctx);
+            } else {
+                act.schedule_idle_check(limit - idle_for, ctx);
+            }
+        });
+    }
+
+    // ---- frames from the browser -------------------------------------------
+
+    fn on_frame(&mut self, msg: ws::Message, ctx: &mut ws::WebsocketContext<Self>) {
+        match msg {
+            ws::Message::Binary(audio) => {
+                metrics::CLIENT_TO_GATEWAY.record(audio.len());
+                self.on_audio(audio, ctx)
+            }
+            ws::Message::Text(text) => {
+                metrics::CLIENT_TO_GATEWAY.record(text.len());
+                self.on_text(&text, ctx)
+            }
+            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(_) => {
+                log::info!("session {}: client closed", self.id_text);
+                self.phase = Phase::Closed;
+                ctx.close(None);
+                ctx.stop();
+            }
+        }
+    }
+
+    /// Reassembles a fragmented message, bounded by `MAX_FRAME_BYTES` in all.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (chunk, last) = match item {
+            actix_http::ws::Item::FirstText(data) => {
+                self.fragments = Some(Fragments { text: true, data: BytesMut::new() });
+                (data, false)
+            }
+            actix_http::ws::Item::FirstBinary(data) => {
+                self.fragments = Some(Fragments { text: false, data: BytesMut::new() });
+                (data, false)
+            }
+            actix_http::ws::Item::Continue(data) => (data, false),
+            actix_http::ws::Item::Last(data) => (data, true),
+        };
+        let max_frame_bytes = self.config().max_frame_bytes;
+        let Some(fragments) = self.fragments.as_mut() else {
+            return self.report(GatewayError::new(ErrorCode::BadMessage), ctx);
+        };
+        if fragments.data.len() + chunk.len() > max_frame_bytes {
+            self.fragments = None;
+            return self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx);
+        }
+        fragments.data.extend_from_slice(&chunk);
+        if last {
+            let Fragments { text, data } = self.fragments.take().expect("checked above");
+            let message = if text {
+                match String::from_utf8(data.to_vec()) {
+                    Ok(text) => ws::Message::Text(text.into()),
+                    Err(_) => return self.report(GatewayError::new(ErrorCode::BadMessage), ctx),
+                }
+            } else {
+                ws::Message::Binary(data.freeze())
+            };
+            self.on_frame(message, ctx);
+        }
+    }
+
+    // ---- events from the upstream --------------------------------------------
+
+    fn on_ready(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        self.phase = Phase::Streaming;
+        log::info!("session {}: upstream ready", self.id_text);
+        let ready = ServerEvent::Ready {
+            session_id: &self.id_text,
+            provider: self.session.provider,
+        }
+        .to_json();
+        self.send_text(ready, ctx);
+        for audio in std::mem::take(&mut self.pending) {
+            self.forward(audio);
+        }
+        self.pending_bytes = 0;
+        if self.end_requested {
+            self.send_end();
+        }
+    }
+
+    fn on_transcript(
+        &mut self,
+        text: String,
+        is_final: bool,
+        start: Option<f64>,
+        end: Option<f64>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let event = if is_final {
+            if !text.is_empty() && self.transcript.len() + text.len() < MAX_TRANSCRIPT_BYTES {
+                if !self.transcript.is_empty() {
+                    self.transcript.push(' ');
+                }
+                self.transcript.push_str(&text);
+            }
+            ServerEvent::Transcription {
+                data: &text,
+                timestamp: now_rfc3339(),
+                start,
+                end,
+            }
+        } else {
+            ServerEvent::Partial {
+                data: &text,
+                timestamp: now_rfc3339(),
+            }
+        };
+        let json = event.to_json();
+        self.send_text(json, ctx);
+    }
+
+    fn on_done(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let done = ServerEvent::Done {
+            data: &self.transcript,
+            timestamp: now_rfc3339(),
+        }
+        .to_json();
+        self.send_text(done, ctx);
+        // The upstream already forgot the session.
+        self.upstream = None;
+        log::info!("session {}: done", self.id_text);
+        self.close(1000, "done", ctx);
+    }
+}
+
+impl Actor for ClientActor {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::SESSIONS_ACTIVE
+            .with_label_values(&[self.session.provider.as_str()])
+            .inc();
+        log::info!(
+            "session {}: opened for user {} (provider {}, {} at {} Hz)",
+            self.id_text,
+            self.session.user,
+            self.session.provider.as_str(),
+            self.session.format.encoding.as_str(),
+            self.session.format.sample_rate
+        );
+        self.schedule_expiry(ctx);
+        self.schedule_idle_check(self.config().idle_timeout, ctx);
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
+                log::info!("session {}: client silent for too long, dropping", act.id_text);
+                act.phase = Phase::Closed;
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+
+        let mut upstream_format = self.session.format;
+        if self.session.convert_to_f32 {
+            upstream_format.encoding = crate::audio::Encoding::F32le;
+        }
+        let subscribe = Subscribe {
+            session_id: self.session.session_id,
+            format: upstream_format,
+            client: ctx.address().recipient(),
+        };
+        let connector = self.connector.take().expect("connector used once, at start");
+        ctx.spawn(connector(subscribe).into_actor(self).map(|result, act, ctx| match result {
+            Ok(link) => {
+                if act.phase == Phase::Closed {
+                    // Closed while subscribing: give the slot back at once.
+                    link.unsubscribe.do_send(Unsubscribe {
+                        session_id: act.session.session_id,
+                    });
+                } else {
+                    act.upstream = Some(link);
+                }
+            }
+            Err(error) => act.report(error, ctx),
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(link) = self.upstream.take() {
+            link.unsubscribe.do_send(Unsubscribe {
+                session_id: self.session.session_id,
+            });
+        }
+        metrics::SESSIONS_ACTIVE
+            .with_label_values(&[self.session.provider.as_str()])
+            .dec();
+        metrics::SESSION_DURATION
+            .with_label_values(&[self.session.provider.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
+        log::info!("session {}: closed", self.id_text);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for ClientActor {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(ws::ProtocolError::Overflow) => {
+                self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx)
+            }
+            Err(e) => {
+                log::info!("session {}: protocol error from client: {e}", self.id_text);
+                self.phase = Phase::Closed;
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The browser's TCP stream ended (maybe without a close frame).
+        self.phase = Phase::Closed;
+        ctx.stop();
+    }
+}
+
+impl Handler<UpstreamEvent> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, event: UpstreamEvent, ctx: &mut Self::Context) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let received = Instant::now();
+        match event {
+            UpstreamEvent::Ready => self.on_ready(ctx),
+            UpstreamEvent::Transcript {
+                text,
+                is_final,
+                start,
+                end,
+            } => self.on_transcript(text, is_final, start, end, ctx),
+            UpstreamEvent::Done => self.on_done(ctx),
+            UpstreamEvent::Notice(notice) => self.report(notice, ctx),
+            UpstreamEvent::Failed(error) => {
+                self.upstream = None; // the upstream already dropped the session
+                self.report(error, ctx);
+            }
+        }
+        metrics::LATENCY_DOWNSTREAM.observe(received.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,151 @@
+//! `GET /api/audio/transcribe`: admission, query parsing, then a ClientActor.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use futures_util::FutureExt;
+use uuid::Uuid;
+
+use crate::audio::{AudioFormat, Encoding, SAMPLE_RATES};
+use crate::config::ThothProtocol;
+use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::admission::{
+    admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, SELECTABLE_SUBPROTOCOLS,
+};
+use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
+use crate::protocol::Provider;
+use crate::state::AppState;
+
+/// What the browser asked for in the query string.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionRequest {
+    pub provider: Provider,
+    pub format: AudioFormat,
+}
+
+/// Parses `provider`, `encoding` and `sampleRate`; other keys (`noteId`,
+/// `language`, `token`) are not the relay's business.
+pub fn parse_session_query(query: &str) -> Result<SessionRequest, GatewayError> {
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let bad = |what: String| GatewayError::with_message(ErrorCode::InvalidAudioFormat, what);
+    let provider = match params.get("provider").map(String::as_str) {
+        None | Some("thoth") => Provider::Thoth,
+        Some("mistral") => Provider::Mistral,
+        Some(other) => {
+            return Err(GatewayError::with_message(
+                ErrorCode::BadMessage,
+                format!("Unknown provider {:?}: use thoth or mistral", truncate(other)),
+            ))
+        }
+    };
+    let encoding = match params.get("encoding") {
+        None => Encoding::F32le,
+        Some(raw) => Encoding::parse(raw)
+            .ok_or_else(|| bad(format!("Unknown encoding {:?}: use f32le or s16le", truncate(raw))))?,
+    };
+    let sample_rate = match params.get("sampleRate") {
+        None => 16_000,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|rate| SAMPLE_RATES.contains(rate))
+            .ok_or_else(|| bad("sampleRate must be a whole number between 8000 and 48000".into()))?,
+    };
+    Ok(SessionRequest {
+        provider,
+        format: AudioFormat { encoding, sample_rate },
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+/// The chronus transcription WebSocket.
+pub async fn transcribe(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if !is_websocket_upgrade(&req) {
+        return Ok(upgrade_required());
+    }
+    let admitted = match admit_websocket(&req, &state) {
+        Ok(admitted) => admitted,
+        Err(error) => return reject_websocket(&req, payload, error),
+    };
+    let request = match parse_session_query(req.query_string()) {
+        Ok(request) => request,
+        Err(error) => return reject_websocket(&req, payload, error),
+    };
+    let legacy_thoth = state.config.thoth_protocol == ThothProtocol::Legacy;
+    if request.provider == Provider::Thoth && legacy_thoth && request.format.sample_rate != 16_000 {
+        return reject_websocket(
+            &req,
+            payload,
+            GatewayError::with_message(
+                ErrorCode::InvalidAudioFormat,
+                "This transcription service only takes 16000 Hz audio",
+            ),
+        );
+    }
+    let connector: UpstreamConnector = match request.provider {
+        Provider::Thoth => {
+            let pool = state.thoth.clone();
+            Box::new(move |subscribe| async move { pool.subscribe(subscribe).await }.boxed_local())
+        }
+        Provider::Mistral => {
+            return reject_websocket(
+                &req,
+                payload,
+                GatewayError::new(ErrorCode::MistralUnavailable),
+            )
+        }
+    };
+    let session = ClientSession {
+        session_id: Uuid::new_v4(),
+        user: admitted.claims.sub,
+        token_exp: admitted.claims.exp,
+        provider: request.provider,
+        format: request.format,
+        convert_to_f32: request.provider == Provider::Thoth
+            && legacy_thoth
+            && request.format.encoding == Encoding::S16le,
+        state: state.clone().into_inner(),
+        permit: admitted.permit,
+    };
+    ws::WsResponseBuilder::new(ClientActor::new(session, connector), &req, payload)
+        .codec(actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes))
+        .protocols(SELECTABLE_SUBPROTOCOLS)
+        .start()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_legacy_frontend() {
+        let req = parse_session_query("token=abc").unwrap();
+        assert_eq!(req.provider, Provider::Thoth);
+        assert_eq!(req.format, AudioFormat { encoding: Encoding::F32le, sample_rate: 16_000 });
+    }
+
+    #[test]
+    fn reads_provider_encoding_and_rate() {
+        let req = parse_session_query("provider=mistral&encoding=s16le&sampleRate=24000&noteId=7").unwrap();
+        assert_eq!(req.provider, Provider::Mistral);
+        assert_eq!(req.format, AudioFormat { encoding: Encoding::S16le, sample_rate: 24_000 });
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert_eq!(parse_session_query("provider=x").unwrap_err().code, ErrorCode::BadMessage);
+        assert_eq!(parse_session_query("encoding=mp3").unwrap_err().code, ErrorCode::InvalidAudioFormat);
+        assert_eq!(parse_session_query("sampleRate=1").unwrap_err().code, ErrorCode::InvalidAudioFormat);
+        assert_eq!(parse_session_query("sampleRate=abc").unwrap_err().code, ErrorCode::InvalidAudioFormat);
+    }
+}

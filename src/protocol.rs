@@ -1,0 +1,133 @@
+//! The browser ⇄ gateway wire types (PROTOCOL.md 2.3 and 2.4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, GatewayError};
+
+/// RFC 3339 UTC timestamp with millisecond precision, as every event carries.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A text frame from the browser.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Base64 audio in the session's encoding.
+    Audio { data: String },
+    /// No more audio: flush, deliver the last results, `done`, close.
+    End,
+    Ping,
+    /// A fresh token for the same user before the current one expires.
+    Auth { token: String },
+}
+
+impl ClientMessage {
+    /// Parses a text frame; anything unparsable or unknown is `BAD_MESSAGE`.
+    pub fn parse(text: &str) -> Result<ClientMessage, GatewayError> {
+        serde_json::from_str(text).map_err(|_| {
+            GatewayError::with_message(
+                ErrorCode::BadMessage,
+                "Message not understood: expected JSON with type audio, end, ping or auth",
+            )
+        })
+    }
+}
+
+/// Which backend serves a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Thoth,
+    Mistral,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Thoth => "thoth",
+            Provider::Mistral => "mistral",
+        }
+    }
+}
+
+/// A text frame to the browser (errors are built by [`GatewayError::envelope`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+pub enum ServerEvent<'a> {
+    #[serde(rename = "ready", rename_all = "camelCase")]
+    Ready { session_id: &'a str, provider: Provider },
+    #[serde(rename = "transcription")]
+    Transcription {
+        data: &'a str,
+        timestamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        start: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end: Option<f64>,
+    },
+    #[serde(rename = "transcription.partial")]
+    Partial { data: &'a str, timestamp: String },
+    #[serde(rename = "done")]
+    Done { data: &'a str, timestamp: String },
+    #[serde(rename = "pong")]
+    Pong,
+}
+
+impl ServerEvent<'_> {
+    pub fn to_json(&self) -> String {
+        // Only strings, numbers and enums: serialization cannot fail.
+        serde_json::to_string(self).expect("server event serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_message() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"audio","data":"AAA="}"#).unwrap(),
+            ClientMessage::Audio { data: "AAA=".into() }
+        );
+        assert_eq!(ClientMessage::parse(r#"{"type":"end"}"#).unwrap(), ClientMessage::End);
+        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping);
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"auth","token":"t"}"#).unwrap(),
+            ClientMessage::Auth { token: "t".into() }
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_or_malformed_messages() {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            r#"{"type":"dance"}"#,
+            r#"{"data":"AAA="}"#,
+            r#"{"type":"audio"}"#,
+            r#"{"type":"audio","data":5}"#,
+        ] {
+            assert_eq!(ClientMessage::parse(bad).unwrap_err().code, ErrorCode::BadMessage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_serialize_to_the_wire_shape() {
+        let ready = ServerEvent::Ready { session_id: "s1", provider: Provider::Thoth }.to_json();
+        assert_eq!(ready, r#"{"type":"ready","sessionId":"s1","provider":"thoth"}"#);
+        let t = ServerEvent::Transcription {
+            data: "hi",
+            timestamp: "T".into(),
+            start: Some(0.0),
+            end: Some(1.0),
+        }
+        .to_json();
+        assert_eq!(t, r#"{"type":"transcription","data":"hi","timestamp":"T","start":0.0,"end":1.0}"#);
+        let p = ServerEvent::Partial { data: "h", timestamp: "T".into() }.to_json();
+        assert_eq!(p, r#"{"type":"transcription.partial","data":"h","timestamp":"T"}"#);
+        assert_eq!(ServerEvent::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}

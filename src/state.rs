@@ -1,0 +1,16 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+
+use crate::auth::JwtValidator;
+use crate::config::Config;
+use crate::gateway::limits::SessionLimiter;
+use crate::upstream::pool::ThothPool;
+
+/// The gateway's shared state, one per process.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub jwt: JwtValidator,
+    pub thoth: ThothPool,
+    pub sessions: SessionLimiter,
+}

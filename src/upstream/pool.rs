@@ -1,0 +1,104 @@
+//! The registry of thoth endpoints: one [`ThothUpstreamActor`] per configured
+//! URL, all living on one dedicated arbiter, and the choice of which endpoint
+//! takes a new session.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::thoth::{EndpointSnapshot, GetSnapshot, ThothEndpointConfig, ThothUpstreamActor};
+use super::{Subscribe, UpstreamLink};
+use crate::config::{Config, ConfigError, ThothProtocol};
+use crate::error::{ErrorCode, GatewayError};
+
+/// One thoth endpoint as the pool sees it.
+struct Endpoint {
+    addr: Addr<ThothUpstreamActor>,
+    /// Written by the actor, read here to choose the least loaded endpoint.
+    ref_count: Arc<AtomicUsize>,
+}
+
+/// Hands sessions to thoth endpoints. Cheap to clone; shared by all workers.
+#[derive(Clone)]
+pub struct ThothPool {
+    endpoints: Arc<Vec<Endpoint>>,
+    protocol: ThothProtocol,
+}
+
+impl ThothPool {
+    /// Starts one upstream actor per endpoint on `arbiter`.
+    pub fn start(config: &Config, arbiter: &ArbiterHandle) -> Result<ThothPool, ConfigError> {
+        let tls = super::connect::tls_config(config.thoth_ca_cert.as_deref())?;
+        let endpoints = config
+            .thoth_ws_urls
+            .iter()
+            .map(|url| {
+                let endpoint_config = ThothEndpointConfig {
+                    url: url.clone(),
+                    protocol: config.thoth_protocol,
+                    stream_token: config.thoth_stream_token.clone(),
+                    tls: tls.clone(),
+                    idle_close: config.thoth_idle_close,
+                    retry_base: config.thoth_retry_base,
+                    legacy_flush_grace: config.legacy_flush_grace,
+                    max_frame_bytes: config.max_frame_bytes,
+                };
+                let ref_count = Arc::new(AtomicUsize::new(0));
+                let actor_ref_count = ref_count.clone();
+                let addr = ThothUpstreamActor::start_in_arbiter(arbiter, move |_| {
+                    ThothUpstreamActor::new(endpoint_config, actor_ref_count)
+                });
+                Endpoint { addr, ref_count }
+            })
+            .collect();
+        Ok(ThothPool {
+            endpoints: Arc::new(endpoints),
+            protocol: config.thoth_protocol,
+        })
+    }
+
+    /// Subscribes a session to an endpoint: in `mux` mode the least loaded
+    /// one; in `legacy` mode the first free one, `THOTH_BUSY` when none is.
+    pub async fn subscribe(&self, request: Subscribe) -> Result<UpstreamLink, GatewayError> {
+        let mut order: Vec<&Endpoint> = self.endpoints.iter().collect();
+        order.sort_by_key(|e| e.ref_count.load(Ordering::Relaxed));
+        if self.protocol == ThothProtocol::Mux {
+            let endpoint = order[0];
+            endpoint.addr.send(request).await.map_err(mailbox_error)??;
+            return Ok(UpstreamLink::of(&endpoint.addr));
+        }
+        // Legacy: the actor itself refuses a second session, so two sessions
+        // racing for one free endpoint cannot both get it.
+        let Subscribe { session_id, format, client } = request;
+        for endpoint in order.into_iter().filter(|e| e.ref_count.load(Ordering::Relaxed) == 0) {
+            let attempt = Subscribe { session_id, format, client: client.clone() };
+            match endpoint.addr.send(attempt).await.map_err(mailbox_error)? {
+                Ok(()) => return Ok(UpstreamLink::of(&endpoint.addr)),
+                Err(e) if e.code == ErrorCode::ThothBusy => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(GatewayError::new(ErrorCode::ThothBusy))
+    }
+
+    /// Every endpoint's monitoring snapshot, in configuration order.
+    pub async fn snapshot(&self) -> Vec<EndpointSnapshot> {
+        let mut out = Vec::with_capacity(self.endpoints.len());
+        for endpoint in self.endpoints.iter() {
+            if let Ok(snapshot) = endpoint.addr.send(GetSnapshot).await {
+                out.push(snapshot);
+            }
+        }
+        out
+    }
+
+    /// Total sessions held by every endpoint.
+    pub fn total_ref_count(&self) -> usize {
+        self.endpoints.iter().map(|e| e.ref_count.load(Ordering::Relaxed)).sum()
+    }
+}
+
+fn mailbox_error(_: MailboxError) -> GatewayError {
+    GatewayError::new(ErrorCode::Internal)
+}

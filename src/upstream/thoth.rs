@@ -1,0 +1,759 @@
+//! ThothUpstreamActor: owns one thoth endpoint's socket and every session on it.
+//!
+//! In `mux` mode all sessions share one socket (PROTOCOL.md 3.1): it opens with
+//! the first subscriber and closes `THOTH_IDLE_CLOSE_SECS` after the last one
+//! leaves. In `legacy` mode (3.2) the endpoint serves one session at a time on
+//! a socket of its own. The reference count is the number of sessions held.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use awc::http::header::{HeaderName, HeaderValue};
+use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::{stream, SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::connect::{self, ConnectFailure, WsTarget};
+use super::mux_frame::{self, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
+use super::{EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
+use crate::audio::AudioFormat;
+use crate::config::ThothProtocol;
+use crate::error::{ErrorCode, GatewayError};
+use crate::metrics;
+
+/// The gateway pings thoth this often; two intervals without a pong mean the
+/// socket is dead.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+const MISSED_PONGS_ALLOWED: u32 = 2;
+
+/// Bytes queued toward one thoth socket before it counts as stalled (thoth
+/// stopped reading): bounds the gateway's memory whatever thoth does.
+pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Everything a ThothUpstreamActor needs to know about its endpoint.
+#[derive(Clone)]
+pub struct ThothEndpointConfig {
+    pub url: String,
+    pub protocol: ThothProtocol,
+    pub stream_token: Option<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub idle_close: Duration,
+    pub retry_base: Duration,
+    pub legacy_flush_grace: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl ThothEndpointConfig {
+    /// The URL as shown in logs and monitoring: no credentials, no query.
+    pub fn display_url(&self) -> String {
+        crate::redact::strip_credentials(&self.url)
+    }
+}
+
+/// Where a session stands with thoth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Subscribed; waiting for the socket to open.
+    Waiting,
+    /// Started upstream; audio flows.
+    Streaming,
+    /// `end` sent; waiting for the last results and `done`.
+    Ending,
+}
+
+struct SessionSlot {
+    client: Recipient<UpstreamEvent>,
+    format: AudioFormat,
+    phase: Phase,
+}
+
+/// An open socket: a bounded writer task and a reader stream on this actor.
+struct OpenSocket {
+    generation: u64,
+    outbound: mpsc::UnboundedSender<WsMessage>,
+    /// Bytes handed to the writer and not yet written to the socket.
+    queued_bytes: Arc<AtomicUsize>,
+    reader: SpawnHandle,
+    since: DateTime<Utc>,
+    last_pong: Instant,
+}
+
+enum Link {
+    Down,
+    Connecting { generation: u64 },
+    Open(OpenSocket),
+}
+
+impl Link {
+    fn state_name(&self) -> &'static str {
+        match self {
+            Link::Down => "down",
+            Link::Connecting { .. } => "connecting",
+            Link::Open(_) => "open",
+        }
+    }
+
+    fn state_metric(&self) -> i64 {
+        match self {
+            Link::Down => 0,
+            Link::Connecting { .. } => 1,
+            Link::Open(_) => 2,
+        }
+    }
+}
+
+/// One item of a socket's reader stream, tagged with the socket's generation
+/// so that frames of a replaced socket are ignored.
+enum Inbound {
+    Frame(u64, Result<Frame, actix_http::ws::ProtocolError>),
+    Ended(u64),
+}
+
+/// The writer task of a socket stopped because the socket failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterFailed {
+    generation: u64,
+    reason: String,
+}
+
+/// The per-endpoint figures the pool monitoring endpoint shows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSnapshot {
+    pub url: String,
+    pub protocol: ThothProtocol,
+    pub state: &'static str,
+    pub ref_count: usize,
+    pub session_ids: Vec<Uuid>,
+    pub connected_since: Option<DateTime<Utc>>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+}
+
+/// Asks an upstream actor for its [`EndpointSnapshot`].
+#[derive(Message)]
+#[rtype(result = "EndpointSnapshot")]
+pub struct GetSnapshot;
+
+/// Owns one thoth endpoint's socket(s) and the sessions subscribed to it.
+pub struct ThothUpstreamActor {
+    config: ThothEndpointConfig,
+    display_url: String,
+    sessions: HashMap<Uuid, SessionSlot>,
+    /// Shared with the pool, which reads it to pick an endpoint.
+    ref_count: Arc<AtomicUsize>,
+    link: Link,
+    generation: u64,
+    idle_timer: Option<SpawnHandle>,
+    reconnects: u64,
+    lost_unexpectedly: bool,
+    last_error: Option<String>,
+}
+
+impl ThothUpstreamActor {
+    pub fn new(config: ThothEndpointConfig, ref_count: Arc<AtomicUsize>) -> Self {
+        let display_url = config.display_url();
+        ThothUpstreamActor {
+            config,
+            display_url,
+            sessions: HashMap::new(),
+            ref_count,
+            link: Link::Down,
+            generation: 0,
+            idle_timer: None,
+            reconnects: 0,
+            lost_unexpectedly: false,
+            last_error: None,
+        }
+    }
+
+    fn is_mux(&self) -> bool {
+        self.config.protocol == ThothProtocol::Mux
+    }
+
+    // ---- reference count ------------------------------------------------
+
+    /// Publishes the reference count after every change and arms the idle
+    /// close when it reaches zero.
+    fn sessions_changed(&mut self, ctx: &mut Context<Self>) {
+        let count = self.sessions.len();
+        self.ref_count.store(count, Ordering::Relaxed);
+        metrics::THOTH_REF_COUNT
+            .with_label_values(&[&self.display_url])
+            .set(count as i64);
+        if count > 0 {
+            if let Some(timer) = self.idle_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            return;
+        }
+        if matches!(self.link, Link::Down) || self.idle_timer.is_some() {
+            return;
+        }
+        // A legacy socket belongs to its one session: close it at once.
+        let delay = if self.is_mux() {
+            self.config.idle_close
+        } else {
+            Duration::ZERO
+        };
+        self.idle_timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.idle_timer = None;
+            if act.sessions.is_empty() {
+                log::info!("thoth {}: idle, closing the upstream socket", act.display_url);
+                act.close_link(ctx, CloseCode::Normal);
+            }
+        }));
+    }
+
+    fn set_link(&mut self, link: Link) {
+        self.link = link;
+        let state = self.link.state_metric();
+        metrics::THOTH_CONNECTION_STATE
+            .with_label_values(&[&self.display_url])
+            .set(state);
+        metrics::THOTH_SOCKETS_OPEN
+            .with_label_values(&[&self.display_url])
+            .set(i64::from(state == 2));
+    }
+
+    // ---- connecting -----------------------------------------------------
+
+    fn target(&self) -> WsTarget {
+        let mut headers = Vec::new();
+        if let Some(token) = &self.config.stream_token {
+            match HeaderValue::from_str(token) {
+                Ok(value) => headers.push((HeaderName::from_static("x-thoth-token"), value)),
+                Err(_) => log::error!("THOTH_STREAM_TOKEN is not a valid header value; not sent"),
+            }
+        }
+        WsTarget {
+            url: self.config.url.clone(),
+            subprotocol: self.is_mux().then_some(MUX_SUBPROTOCOL),
+            headers,
+            // Room for the 16-byte session prefix on top of a full browser frame.
+            max_frame_bytes: self.config.max_frame_bytes + 64,
+            tls: self.config.tls.clone(),
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.set_link(Link::Connecting { generation });
+        let target = self.target();
+        let url = self.display_url.clone();
+        let backoff = self.config.retry_base;
+        log::info!("thoth {url}: opening upstream socket");
+        let attempt = async move {
+            connect::open_with_retries(&target, backoff, |attempt, failure| {
+                log::warn!("thoth {url}: connection attempt {} failed: {failure}", attempt + 1);
+            })
+            .await
+        };
+        ctx.spawn(attempt.into_actor(self).map(move |result, act, ctx| {
+            act.on_connect_result(generation, result, ctx)
+        }));
+    }
+
+    fn on_connect_result(
+        &mut self,
+        generation: u64,
+        result: Result<connect::Connected, ConnectFailure>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.link, Link::Connecting { generation: g } if g == generation) {
+            return; // superseded (e.g. every session left and the link was reset)
+        }
+        let connected = match result {
+            Ok(connected) => connected,
+            Err(failure) => {
+                let error = match failure {
+                    ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
+                    _ => GatewayError::new(ErrorCode::ThothUnavailable),
+                };
+                log::error!("thoth {}: giving up: {failure}", self.display_url);
+                self.last_error = Some(failure.to_string());
+                self.set_link(Link::Down);
+                self.fail_all(error, ctx);
+                return;
+            }
+        };
+        if self.is_mux() && connected.subprotocol.as_deref() != Some(MUX_SUBPROTOCOL) {
+            let problem = format!(
+                "endpoint did not select subprotocol {MUX_SUBPROTOCOL}: it does not speak thoth mux v1 (set THOTH_PROTOCOL=legacy for today's thoth)"
+            );
+            log::error!("thoth {}: configuration error: {problem}", self.display_url);
+            self.last_error = Some(problem);
+            self.set_link(Link::Down);
+            self.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+            return;
+        }
+        self.open_socket(generation, connected.framed, ctx);
+        if self.lost_unexpectedly {
+            self.lost_unexpectedly = false;
+            self.reconnects += 1;
+            metrics::THOTH_RECONNECTS
+                .with_label_values(&[&self.display_url])
+                .inc();
+        }
+        log::info!(
+            "thoth {}: upstream socket open ({} session(s) waiting)",
+            self.display_url,
+            self.sessions.len()
+        );
+        let waiting: Vec<Uuid> = self
+            .sessions
+            .iter()
+            .filter(|(_, slot)| slot.phase == Phase::Waiting)
+            .map(|(id, _)| *id)
+            .collect();
+        for session_id in waiting {
+            self.start_session(session_id);
+        }
+        // Everyone may have left while we were connecting.
+        self.sessions_changed(ctx);
+    }
+
+    /// Splits the socket: a writer task drains a queue into it (batching
+    /// frames per flush), the reader stream is attached to this actor.
+    fn open_socket(&mut self, generation: u64, framed: connect::WsFramed, ctx: &mut Context<Self>) {
+        let (mut sink, source) = framed.split();
+        let (outbound, mut queue) = mpsc::unbounded_channel::<WsMessage>();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let writer_bytes = queued_bytes.clone();
+        let actor = ctx.address();
+        actix_rt::spawn(async move {
+            let result: Result<(), actix_http::ws::ProtocolError> = async {
+                while let Some(first) = queue.recv().await {
+                    writer_bytes.fetch_sub(message_len(&first), Ordering::Relaxed);
+                    sink.feed(first).await?;
+                    while let Ok(next) = queue.try_recv() {
+                        writer_bytes.fetch_sub(message_len(&next), Ordering::Relaxed);
+                        sink.feed(next).await?;
+                    }
+                    sink.flush().await?;
+                }
+                // The actor dropped the queue: close the socket politely.
+                sink.close().await
+            }
+            .await;
+            if let Err(e) = result {
+                actor.do_send(WriterFailed {
+                    generation,
+                    reason: e.to_string(),
+                });
+            }
+        });
+        let frames = source
+            .map(move |frame| Inbound::Frame(generation, frame))
+            .chain(stream::once(async move { Inbound::Ended(generation) }));
+        let reader = ctx.add_stream(frames);
+        self.set_link(Link::Open(OpenSocket {
+            generation,
+            outbound,
+            queued_bytes,
+            reader,
+            since: Utc::now(),
+            last_pong: Instant::now(),
+        }));
+    }
+
+    // ---- sending --------------------------------------------------------
+
+    /// Queues a frame toward thoth. A queue over its bound means thoth stopped
+    /// reading: the socket is given up rather than grown without limit.
+    fn send(&mut self, message: WsMessage, ctx: &mut Context<Self>) {
+        let Link::Open(socket) = &self.link else {
+            return;
+        };
+        let len = message_len(&message);
+        if socket.queued_bytes.load(Ordering::Relaxed) + len > MAX_OUTBOUND_QUEUE_BYTES {
+            self.link_lost("thoth is not reading (outbound queue full)", ctx);
+            return;
+        }
+        socket.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if socket.outbound.send(message).is_err() {
+            self.link_lost("writer stopped", ctx);
+        }
+    }
+
+    fn send_command(&mut self, command: MuxCommand<'_>, ctx: &mut Context<Self>) {
+        let text = command.to_json();
+        self.send(WsMessage::Text(text.into()), ctx);
+    }
+
+    fn start_session(&mut self, session_id: Uuid) {
+        let Some(slot) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        slot.phase = Phase::Streaming;
+        let format = slot.format;
+        let client = slot.client.clone();
+        if self.is_mux() {
+            // Cannot go through `send` (needs ctx); the queue bound is checked
+            // on audio, which dwarfs control frames.
+            if let Link::Open(socket) = &self.link {
+                let text = MuxCommand::start(&session_id, format, 0).to_json();
+                socket.queued_bytes.fetch_add(text.len(), Ordering::Relaxed);
+                let _ = socket.outbound.send(WsMessage::Text(text.into()));
+            }
+        }
+        client.do_send(UpstreamEvent::Ready);
+    }
+
+    // ---- ending ---------------------------------------------------------
+
+    /// Ends one session and tells its client how.
+    fn finish_session(&mut self, session_id: Uuid, event: UpstreamEvent, ctx: &mut Context<Self>) {
+        if let Some(slot) = self.sessions.remove(&session_id) {
+            slot.client.do_send(event);
+            log::info!(
+                "thoth {}: session {session_id} finished (refCount {})",
+                self.display_url,
+                self.sessions.len()
+            );
+            self.sessions_changed(ctx);
+        }
+    }
+
+    /// Ends every session with `error` and drops the socket.
+    fn fail_all(&mut self, error: GatewayError, ctx: &mut Context<Self>) {
+        for (_, slot) in self.sessions.drain() {
+            slot.client.do_send(UpstreamEvent::Failed(error.clone()));
+        }
+        self.sessions_changed(ctx);
+        self.close_link(ctx, CloseCode::Away);
+    }
+
+    fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
+        if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
+            ctx.cancel_future(socket.reader);
+            let _ = socket.outbound.send(WsMessage::Close(Some(CloseReason::from(code))));
+            // Dropping the sender lets the writer close the socket and end.
+        }
+        self.generation += 1;
+        self.set_link(Link::Down);
+    }
+
+    /// The socket died under us (closed, errored, stalled, no pongs).
+    fn link_lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        if matches!(self.link, Link::Down) {
+            return;
+        }
+        log::warn!(
+            "thoth {}: upstream socket lost: {reason} ({} session(s) affected)",
+            self.display_url,
+            self.sessions.len()
+        );
+        self.last_error = Some(reason.to_string());
+        self.lost_unexpectedly = true;
+        self.close_link(ctx, CloseCode::Away);
+        // Resume is a later step; for now every session on the socket ends
+        // cleanly and the next subscriber opens a fresh socket.
+        self.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+    }
+
+    // ---- receiving ------------------------------------------------------
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if self.is_mux() {
+            self.on_mux_text(text, ctx);
+        } else {
+            self.on_legacy_text(text);
+        }
+    }
+
+    fn on_mux_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let Some(event) = MuxEvent::parse(text) else {
+            log::warn!("thoth {}: skipping an unknown or malformed frame", self.display_url);
+            return;
+        };
+        match event {
+            MuxEvent::Transcription {
+                session_id,
+                text,
+                is_final,
+                start,
+                end,
+            } => match self.sessions.get(&session_id) {
+                Some(slot) => slot.client.do_send(UpstreamEvent::Transcript {
+                    text,
+                    is_final,
+                    start,
+                    end,
+                }),
+                None => log::debug!("thoth {}: result for unknown session {session_id}", self.display_url),
+            },
+            MuxEvent::SessionDone { session_id } => {
+                self.finish_session(session_id, UpstreamEvent::Done, ctx)
+            }
+            MuxEvent::Error {
+                session_id: Some(session_id),
+                code,
+                ..
+            } => {
+                log::warn!("thoth {}: error {code} for session {session_id}", self.display_url);
+                let error = GatewayError::new(map_thoth_error(&code));
+                self.finish_session(session_id, UpstreamEvent::Failed(error), ctx);
+            }
+            MuxEvent::Error {
+                session_id: None,
+                code,
+                ..
+            } => {
+                self.link_lost(&format!("thoth announced it is closing ({code})"), ctx);
+            }
+        }
+    }
+
+    fn on_legacy_text(&mut self, text: &str) {
+        #[derive(serde::Deserialize)]
+        struct LegacyResult {
+            transcription: String,
+        }
+        let Ok(result) = serde_json::from_str::<LegacyResult>(text) else {
+            log::warn!("thoth {}: skipping a frame that is not a transcription", self.display_url);
+            return;
+        };
+        // A legacy endpoint carries at most one session.
+        if let Some(slot) = self.sessions.values().next() {
+            slot.client.do_send(UpstreamEvent::Transcript {
+                text: result.transcription,
+                is_final: true,
+                start: None,
+                end: None,
+            });
+        }
+    }
+
+    fn on_close(&mut self, reason: Option<CloseReason>, ctx: &mut Context<Self>) {
+        let code = reason.as_ref().map(|r| u16::from(r.code));
+        let error = match code {
+            Some(1013) => Some(ErrorCode::ThothBusy),
+            Some(4401) | Some(4403) => Some(ErrorCode::AuthFailed),
+            _ => None,
+        };
+        match error {
+            Some(code_for_sessions) => {
+                let why = format!("thoth closed the socket with {}", code.unwrap_or_default());
+                log::warn!("thoth {}: {why}", self.display_url);
+                self.last_error = Some(why);
+                self.close_link(ctx, CloseCode::Normal);
+                self.fail_all(GatewayError::new(code_for_sessions), ctx);
+            }
+            None => self.link_lost(
+                &format!("thoth closed the socket ({})", code.map_or("no code".into(), |c| c.to_string())),
+                ctx,
+            ),
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Link::Open(socket) = &self.link else {
+            return;
+        };
+        if socket.last_pong.elapsed() > PING_INTERVAL * MISSED_PONGS_ALLOWED + PING_INTERVAL / 2 {
+            self.link_lost("two pings went unanswered", ctx);
+            return;
+        }
+        self.send(WsMessage::Ping(Bytes::new()), ctx);
+    }
+}
+
+/// Thoth's per-session error codes, as the browser sees them (PROTOCOL.md 3.1).
+pub fn map_thoth_error(code: &str) -> ErrorCode {
+    match code {
+        "UNSUPPORTED_AUDIO" => ErrorCode::InvalidAudioFormat,
+        "OVERLOADED" => ErrorCode::ThothBusy,
+        _ => ErrorCode::ThothError,
+    }
+}
+
+fn message_len(message: &WsMessage) -> usize {
+    match message {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
+impl Actor for ThothUpstreamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(PING_INTERVAL, |act, ctx| act.heartbeat(ctx));
+        self.set_link(Link::Down);
+        metrics::THOTH_REF_COUNT.with_label_values(&[&self.display_url]).set(0);
+    }
+}
+
+impl Handler<Subscribe> for ThothUpstreamActor {
+    type Result = Result<(), GatewayError>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.is_mux() && !self.sessions.is_empty() {
+            return Err(GatewayError::new(ErrorCode::ThothBusy));
+        }
+        self.sessions.insert(
+            msg.session_id,
+            SessionSlot {
+                client: msg.client,
+                format: msg.format,
+                phase: Phase::Waiting,
+            },
+        );
+        log::info!(
+            "thoth {}: session {} subscribed (refCount {})",
+            self.display_url,
+            msg.session_id,
+            self.sessions.len()
+        );
+        self.sessions_changed(ctx);
+        match self.link {
+            Link::Open(_) => self.start_session(msg.session_id),
+            Link::Down => self.connect(ctx),
+            Link::Connecting { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+impl Handler<SessionAudio> for ThothUpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionAudio, ctx: &mut Context<Self>) {
+        match self.sessions.get(&msg.session_id) {
+            Some(slot) if slot.phase == Phase::Streaming => {}
+            _ => return, // not started, ending, or gone: the ClientActor never sends then
+        }
+        let frame = if self.is_mux() {
+            mux_frame::audio_frame(&msg.session_id, &msg.audio)
+        } else {
+            msg.audio
+        };
+        metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
+        self.send(WsMessage::Binary(frame), ctx);
+    }
+}
+
+impl Handler<EndSession> for ThothUpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndSession, ctx: &mut Context<Self>) {
+        let Some(slot) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
+        if slot.phase != Phase::Streaming {
+            return;
+        }
+        slot.phase = Phase::Ending;
+        let session_id = msg.session_id;
+        if self.is_mux() {
+            self.send_command(MuxCommand::End { session_id: &session_id }, ctx);
+        } else {
+            // Legacy thoth has no end-of-audio message: wait for a last window.
+            ctx.run_later(self.config.legacy_flush_grace, move |act, ctx| {
+                act.finish_session(session_id, UpstreamEvent::Done, ctx);
+            });
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for ThothUpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
+        let Some(slot) = self.sessions.remove(&msg.session_id) else {
+            return;
+        };
+        if self.is_mux() && slot.phase != Phase::Waiting {
+            self.send_command(MuxCommand::Cancel { session_id: &msg.session_id }, ctx);
+        }
+        log::info!(
+            "thoth {}: session {} unsubscribed (refCount {})",
+            self.display_url,
+            msg.session_id,
+            self.sessions.len()
+        );
+        self.sessions_changed(ctx);
+    }
+}
+
+impl StreamHandler<Inbound> for ThothUpstreamActor {
+    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        let current = match &self.link {
+            Link::Open(socket) => socket.generation,
+            _ => return,
+        };
+        match item {
+            Inbound::Frame(generation, _) | Inbound::Ended(generation) if generation != current => {}
+            Inbound::Frame(_, Ok(frame)) => match frame {
+                Frame::Text(text) => {
+                    metrics::UPSTREAM_TO_GATEWAY.record(text.len());
+                    match std::str::from_utf8(&text) {
+                        Ok(text) => self.on_text(text, ctx),
+                        Err(_) => log::warn!("thoth {}: skipping a non-UTF-8 text frame", self.display_url),
+                    }
+                }
+                Frame::Ping(payload) => self.send(WsMessage::Pong(payload), ctx),
+                Frame::Pong(_) => {
+                    if let Link::Open(socket) = &mut self.link {
+                        socket.last_pong = Instant::now();
+                    }
+                }
+                Frame::Close(reason) => self.on_close(reason, ctx),
+                Frame::Binary(_) | Frame::Continuation(_) => {
+                    log::debug!("thoth {}: skipping a binary frame", self.display_url)
+                }
+            },
+            Inbound::Frame(_, Err(e)) => self.link_lost(&format!("protocol error: {e}"), ctx),
+            Inbound::Ended(_) => self.link_lost("socket closed without a close frame", ctx),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        // A socket's stream ending is handled through `Inbound::Ended`; the
+        // actor outlives its sockets.
+    }
+}
+
+impl Handler<WriterFailed> for ThothUpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
+        if matches!(&self.link, Link::Open(socket) if socket.generation == msg.generation) {
+            self.link_lost(&format!("write failed: {}", msg.reason), ctx);
+        }
+    }
+}
+
+impl Handler<GetSnapshot> for ThothUpstreamActor {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let mut session_ids: Vec<Uuid> = self.sessions.keys().copied().collect();
+        session_ids.sort();
+        MessageResult(EndpointSnapshot {
+            url: self.display_url.clone(),
+            protocol: self.config.protocol,
+            state: self.link.state_name(),
+            ref_count: self.sessions.len(),
+            session_ids,
+            connected_since: match &self.link {
+                Link::Open(socket) => Some(socket.since),
+                _ => None,
+            },
+            reconnects: self.reconnects,
+            last_error: self.last_error.clone(),
+        })
+    }
+}
