@@ -72,7 +72,7 @@ impl Encoding {
     /// Decodes `bytes` into `f32` samples, or `None` when they are not a
     /// whole number of samples.
     pub fn decode(self, bytes: &[u8]) -> Option<Vec<f32>> {
-        if bytes.len() % self.sample_bytes() != 0 {
+        if !bytes.len().is_multiple_of(self.sample_bytes()) {
             return None;
         }
         let samples = match self {
