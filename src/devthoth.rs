@@ -1,2 +1,0 @@
-//! (work in progress)
-pub fn run_cli(_args: &[String]) -> std::io::Result<()> { Ok(()) }
