@@ -60,7 +60,7 @@ impl AudioFormat {
 
     /// Refuses a chunk that is not a whole number of samples.
     pub fn check_whole_samples(&self, audio: &[u8]) -> Result<(), GatewayError> {
-        if audio.len() % self.encoding.bytes_per_sample() == 0 {
+        if audio.len().is_multiple_of(self.encoding.bytes_per_sample()) {
             Ok(())
         } else {
             Err(GatewayError::with_message(
@@ -99,13 +99,22 @@ mod tests {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        assert_eq!(floats, vec![0.0, 1.0 / 32768.0, -1.0 / 32768.0, 32767.0 / 32768.0, -1.0]);
+        assert_eq!(
+            floats,
+            vec![0.0, 1.0 / 32768.0, -1.0 / 32768.0, 32767.0 / 32768.0, -1.0]
+        );
     }
 
     #[test]
     fn whole_samples_are_checked_per_encoding() {
-        let f32fmt = AudioFormat { encoding: Encoding::F32le, sample_rate: 16_000 };
-        let s16fmt = AudioFormat { encoding: Encoding::S16le, sample_rate: 16_000 };
+        let f32fmt = AudioFormat {
+            encoding: Encoding::F32le,
+            sample_rate: 16_000,
+        };
+        let s16fmt = AudioFormat {
+            encoding: Encoding::S16le,
+            sample_rate: 16_000,
+        };
         assert!(f32fmt.check_whole_samples(&[0; 8]).is_ok());
         assert_eq!(
             f32fmt.check_whole_samples(&[0; 6]).unwrap_err().code,
@@ -117,7 +126,10 @@ mod tests {
 
     #[test]
     fn seconds_of_audio() {
-        let fmt = AudioFormat { encoding: Encoding::F32le, sample_rate: 16_000 };
+        let fmt = AudioFormat {
+            encoding: Encoding::F32le,
+            sample_rate: 16_000,
+        };
         assert_eq!(fmt.seconds(64_000), 1.0);
     }
 }

@@ -121,12 +121,28 @@ impl fmt::Debug for Config {
             .field("bind_addr", &self.bind_addr)
             .field("admin_bind_addr", &self.admin_bind_addr)
             .field("public_ws_base_url", &self.public_ws_base_url)
-            .field("database_url", &crate::redact::strip_credentials(&self.database_url))
+            .field(
+                "database_url",
+                &crate::redact::strip_credentials(&self.database_url),
+            )
             .field("jwt_algorithm", &self.jwt.algorithm)
-            .field("thoth_ws_urls", &self.thoth_ws_urls.iter().map(|u| crate::redact::strip_credentials(u)).collect::<Vec<_>>())
+            .field(
+                "thoth_ws_urls",
+                &self
+                    .thoth_ws_urls
+                    .iter()
+                    .map(|u| crate::redact::strip_credentials(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("thoth_protocol", &self.thoth_protocol)
-            .field("thoth_stream_token", &self.thoth_stream_token.as_ref().map(|_| "***"))
-            .field("mistral_ws_url", &crate::redact::strip_credentials(&self.mistral_ws_url))
+            .field(
+                "thoth_stream_token",
+                &self.thoth_stream_token.as_ref().map(|_| "***"),
+            )
+            .field(
+                "mistral_ws_url",
+                &crate::redact::strip_credentials(&self.mistral_ws_url),
+            )
             .field("allowed_origins", &self.allowed_origins)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_user", &self.max_sessions_per_user)
@@ -245,10 +261,8 @@ impl Config {
 
         Ok(Config {
             bind_addr: vars.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            admin_bind_addr: vars.parsed(
-                "ADMIN_BIND_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 9091)),
-            )?,
+            admin_bind_addr: vars
+                .parsed("ADMIN_BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
             public_ws_base_url,
             database_url: vars
                 .get("DATABASE_URL")
@@ -300,8 +314,9 @@ fn read_jwt_config(vars: &Vars<'_>) -> Result<JwtConfig, ConfigError> {
         JwtKey::Secret(secret.into_bytes())
     } else {
         let path = vars.required("JWT_PUBLIC_KEY_FILE")?;
-        let pem = std::fs::read(&path)
-            .map_err(|e| ConfigError::new("JWT_PUBLIC_KEY_FILE", format!("cannot read {path}: {e}")))?;
+        let pem = std::fs::read(&path).map_err(|e| {
+            ConfigError::new("JWT_PUBLIC_KEY_FILE", format!("cannot read {path}: {e}"))
+        })?;
         // Parse now so a bad key stops start-up instead of failing every request.
         let parsed = match algorithm {
             Algorithm::RS256 => jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map(|_| ()),
@@ -327,11 +342,13 @@ fn read_jwt_config(vars: &Vars<'_>) -> Result<JwtConfig, ConfigError> {
 }
 
 fn check_ws_url(var: &'static str, raw: &str) -> Result<(), ConfigError> {
-    let url = url::Url::parse(raw)
-        .map_err(|e| ConfigError::new(var, format!("not a URL: {e}")))?;
+    let url = url::Url::parse(raw).map_err(|e| ConfigError::new(var, format!("not a URL: {e}")))?;
     match url.scheme() {
         "ws" | "wss" if url.host().is_some() => Ok(()),
-        _ => Err(ConfigError::new(var, "must be a ws:// or wss:// URL with a host")),
+        _ => Err(ConfigError::new(
+            var,
+            "must be a ws:// or wss:// URL with a host",
+        )),
     }
 }
 
@@ -341,8 +358,14 @@ mod tests {
 
     fn base() -> HashMap<String, String> {
         HashMap::from([
-            ("JWT_SECRET".into(), "0123456789abcdef0123456789abcdef".into()),
-            ("API_KEY_ENCRYPTION_KEY".into(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            (
+                "JWT_SECRET".into(),
+                "0123456789abcdef0123456789abcdef".into(),
+            ),
+            (
+                "API_KEY_ENCRYPTION_KEY".into(),
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            ),
         ])
     }
 
@@ -384,7 +407,10 @@ mod tests {
     fn debug_print_hides_secrets() {
         let mut map = base();
         map.insert("THOTH_STREAM_TOKEN".into(), "thoth-secret-value".into());
-        map.insert("DATABASE_URL".into(), "postgres://u:hunter2@127.0.0.1/db".into());
+        map.insert(
+            "DATABASE_URL".into(),
+            "postgres://u:hunter2@127.0.0.1/db".into(),
+        );
         let printed = format!("{:?}", Config::from_map(&map).unwrap());
         assert!(!printed.contains("thoth-secret-value"));
         assert!(!printed.contains("hunter2"));
@@ -399,6 +425,9 @@ mod tests {
             "ws://127.0.0.1:1/a, ws://127.0.0.1:2/b".into(),
         );
         let cfg = Config::from_map(&map).unwrap();
-        assert_eq!(cfg.thoth_ws_urls, vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]);
+        assert_eq!(
+            cfg.thoth_ws_urls,
+            vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
+        );
     }
 }

@@ -78,7 +78,9 @@ impl ErrorCode {
             Forbidden => "This origin is not allowed to use the transcription service",
             NoApiKey => "No Mistral API key configured",
             BadMessage => "Message not understood",
-            InvalidAudioFormat => "Audio must be a whole number of samples in the session's encoding",
+            InvalidAudioFormat => {
+                "Audio must be a whole number of samples in the session's encoding"
+            }
             MessageTooLarge => "Message too large",
             RateLimited => "Audio is arriving faster than the service allows",
             TooManySessions => "Too many transcription sessions are open",
@@ -279,7 +281,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&err.envelope(Some("abc"))).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["code"], "THOTH_UNAVAILABLE");
-        assert_eq!(v["message"], "Transcription service temporarily unavailable");
+        assert_eq!(
+            v["message"],
+            "Transcription service temporarily unavailable"
+        );
         assert_eq!(v["retryable"], true);
         assert_eq!(v["sessionId"], "abc");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));

@@ -68,8 +68,7 @@ impl RunningGateway {
 }
 
 fn access_log() -> Logger {
-    Logger::new(ACCESS_LOG_FORMAT)
-        .custom_request_replace("method", |req| req.method().to_string())
+    Logger::new(ACCESS_LOG_FORMAT).custom_request_replace("method", |req| req.method().to_string())
 }
 
 /// Starts the public and admin listeners on the current actix system.
@@ -91,7 +90,10 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         App::new()
             .app_data(public_state.clone())
             .wrap(access_log())
-            .route("/api/audio/transcribe", web::get().to(gateway::routes::transcribe))
+            .route(
+                "/api/audio/transcribe",
+                web::get().to(gateway::routes::transcribe),
+            )
     })
     .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
     .bind(config.bind_addr)?;

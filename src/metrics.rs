@@ -24,7 +24,10 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C
 pub static SESSIONS_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
         IntGaugeVec::new(
-            Opts::new("chronus_sessions_active", "Browser sessions open, by provider"),
+            Opts::new(
+                "chronus_sessions_active",
+                "Browser sessions open, by provider",
+            ),
             &["provider"],
         )
         .expect("valid metric"),
@@ -60,7 +63,10 @@ pub static THOTH_CONNECTION_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static THOTH_SOCKETS_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
         IntGaugeVec::new(
-            Opts::new("chronus_thoth_sockets_open", "Open upstream sockets per thoth endpoint"),
+            Opts::new(
+                "chronus_thoth_sockets_open",
+                "Open upstream sockets per thoth endpoint",
+            ),
             &["endpoint"],
         )
         .expect("valid metric"),
@@ -83,7 +89,10 @@ pub static THOTH_RECONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static FRAMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("chronus_frames_total", "WebSocket frames relayed, by direction"),
+            Opts::new(
+                "chronus_frames_total",
+                "WebSocket frames relayed, by direction",
+            ),
             &["direction"],
         )
         .expect("valid metric"),
@@ -155,10 +164,14 @@ impl Direction {
     }
 }
 
-pub static CLIENT_TO_GATEWAY: LazyLock<Direction> = LazyLock::new(|| Direction::new("client_to_gateway"));
-pub static GATEWAY_TO_UPSTREAM: LazyLock<Direction> = LazyLock::new(|| Direction::new("gateway_to_upstream"));
-pub static UPSTREAM_TO_GATEWAY: LazyLock<Direction> = LazyLock::new(|| Direction::new("upstream_to_gateway"));
-pub static GATEWAY_TO_CLIENT: LazyLock<Direction> = LazyLock::new(|| Direction::new("gateway_to_client"));
+pub static CLIENT_TO_GATEWAY: LazyLock<Direction> =
+    LazyLock::new(|| Direction::new("client_to_gateway"));
+pub static GATEWAY_TO_UPSTREAM: LazyLock<Direction> =
+    LazyLock::new(|| Direction::new("gateway_to_upstream"));
+pub static UPSTREAM_TO_GATEWAY: LazyLock<Direction> =
+    LazyLock::new(|| Direction::new("upstream_to_gateway"));
+pub static GATEWAY_TO_CLIENT: LazyLock<Direction> =
+    LazyLock::new(|| Direction::new("gateway_to_client"));
 
 pub static LATENCY_UPSTREAM: LazyLock<Histogram> =
     LazyLock::new(|| RELAY_LATENCY.with_label_values(&["upstream"]));

@@ -14,12 +14,16 @@ pub fn now_rfc3339() -> String {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
     /// Base64 audio in the session's encoding.
-    Audio { data: String },
+    Audio {
+        data: String,
+    },
     /// No more audio: flush, deliver the last results, `done`, close.
     End,
     Ping,
     /// A fresh token for the same user before the current one expires.
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
 }
 
 impl ClientMessage {
@@ -56,7 +60,10 @@ impl Provider {
 #[serde(tag = "type")]
 pub enum ServerEvent<'a> {
     #[serde(rename = "ready", rename_all = "camelCase")]
-    Ready { session_id: &'a str, provider: Provider },
+    Ready {
+        session_id: &'a str,
+        provider: Provider,
+    },
     #[serde(rename = "transcription")]
     Transcription {
         data: &'a str,
@@ -89,10 +96,18 @@ mod tests {
     fn parses_every_client_message() {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"audio","data":"AAA="}"#).unwrap(),
-            ClientMessage::Audio { data: "AAA=".into() }
+            ClientMessage::Audio {
+                data: "AAA=".into()
+            }
         );
-        assert_eq!(ClientMessage::parse(r#"{"type":"end"}"#).unwrap(), ClientMessage::End);
-        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping);
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"end"}"#).unwrap(),
+            ClientMessage::End
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"auth","token":"t"}"#).unwrap(),
             ClientMessage::Auth { token: "t".into() }
@@ -110,14 +125,25 @@ mod tests {
             r#"{"type":"audio"}"#,
             r#"{"type":"audio","data":5}"#,
         ] {
-            assert_eq!(ClientMessage::parse(bad).unwrap_err().code, ErrorCode::BadMessage, "{bad}");
+            assert_eq!(
+                ClientMessage::parse(bad).unwrap_err().code,
+                ErrorCode::BadMessage,
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn events_serialize_to_the_wire_shape() {
-        let ready = ServerEvent::Ready { session_id: "s1", provider: Provider::Thoth }.to_json();
-        assert_eq!(ready, r#"{"type":"ready","sessionId":"s1","provider":"thoth"}"#);
+        let ready = ServerEvent::Ready {
+            session_id: "s1",
+            provider: Provider::Thoth,
+        }
+        .to_json();
+        assert_eq!(
+            ready,
+            r#"{"type":"ready","sessionId":"s1","provider":"thoth"}"#
+        );
         let t = ServerEvent::Transcription {
             data: "hi",
             timestamp: "T".into(),
@@ -125,9 +151,19 @@ mod tests {
             end: Some(1.0),
         }
         .to_json();
-        assert_eq!(t, r#"{"type":"transcription","data":"hi","timestamp":"T","start":0.0,"end":1.0}"#);
-        let p = ServerEvent::Partial { data: "h", timestamp: "T".into() }.to_json();
-        assert_eq!(p, r#"{"type":"transcription.partial","data":"h","timestamp":"T"}"#);
+        assert_eq!(
+            t,
+            r#"{"type":"transcription","data":"hi","timestamp":"T","start":0.0,"end":1.0}"#
+        );
+        let p = ServerEvent::Partial {
+            data: "h",
+            timestamp: "T".into(),
+        }
+        .to_json();
+        assert_eq!(
+            p,
+            r#"{"type":"transcription.partial","data":"h","timestamp":"T"}"#
+        );
         assert_eq!(ServerEvent::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 }

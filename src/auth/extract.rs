@@ -74,7 +74,7 @@ pub fn origin_allowed(req: &HttpRequest, allowed: Option<&[String]>) -> bool {
         Some(origin) => match origin.to_str() {
             Ok(origin) => {
                 let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-                allowed.iter().any(|a| *a == origin)
+                allowed.contains(&origin)
             }
             Err(_) => false,
         },
@@ -109,8 +109,13 @@ mod tests {
             token_from_request(&req, "c"),
             Some(("s".into(), TokenSource::Subprotocol))
         );
-        let req = TestRequest::default().uri("/x?a=1&token=q%2Bx").to_http_request();
-        assert_eq!(token_from_request(&req, "c"), Some(("q+x".into(), TokenSource::Query)));
+        let req = TestRequest::default()
+            .uri("/x?a=1&token=q%2Bx")
+            .to_http_request();
+        assert_eq!(
+            token_from_request(&req, "c"),
+            Some(("q+x".into(), TokenSource::Query))
+        );
         let req = TestRequest::default()
             .insert_header((header::COOKIE, "other=1; chronus_token=k"))
             .to_http_request();

@@ -99,8 +99,8 @@ impl JwtValidator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthFailure::Oversized);
         }
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthFailure::Expired,
                 ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
                 ErrorKind::InvalidSignature => AuthFailure::BadSignature,
@@ -111,8 +111,7 @@ impl JwtValidator {
                 ErrorKind::InvalidAudience => AuthFailure::WrongAudience,
                 ErrorKind::MissingRequiredClaim(_) => AuthFailure::MissingClaim,
                 _ => AuthFailure::Malformed,
-            }
-        })?;
+            })?;
         if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
             return Err(AuthFailure::MissingClaim);
         }

@@ -10,6 +10,7 @@ use actix_web_actors::ws;
 use crate::auth::{origin_allowed, token_from_request, AuthFailure, Claims, JWT_SUBPROTOCOL};
 use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::limits::SessionPermit;
+use crate::http::error::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
@@ -45,7 +46,10 @@ pub fn admit_websocket(req: &HttpRequest, state: &AppState) -> Result<Admitted, 
         GatewayError::with_message(ErrorCode::Unauthorized, unauthorized_message(failure))
     })?;
     let permit = state.sessions.acquire(&claims.sub).inspect_err(|_| {
-        log::info!("session refused for user {}: session cap reached", claims.sub);
+        log::info!(
+            "session refused for user {}: session cap reached",
+            claims.sub
+        );
     })?;
     Ok(Admitted { claims, permit })
 }
@@ -59,21 +63,22 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, AuthF
     match &result {
         Ok(claims) => log::debug!("authenticated user {}", claims.sub),
         Err(failure) => {
-            metrics::AUTH_FAILURES.with_label_values(&[failure.as_str()]).inc();
+            metrics::AUTH_FAILURES
+                .with_label_values(&[failure.as_str()])
+                .inc();
             log::info!("authentication failed: {}", failure.as_str());
         }
     }
     result
 }
 
-/// For plain HTTP endpoints: the caller's claims or `401 {"error":"Unauthorized"}`.
-pub fn authenticate_http(req: &HttpRequest, state: &AppState) -> Result<Claims, HttpResponse> {
+/// For plain HTTP endpoints: the caller's claims, or 401 / 403.
+pub fn authenticate_http(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
     if !origin_allowed(req, state.config.allowed_origins.as_deref()) {
         metrics::AUTH_FAILURES.with_label_values(&["origin"]).inc();
-        return Err(HttpResponse::Forbidden().json(serde_json::json!({"error": "Forbidden"})));
+        return Err(ApiError::Forbidden);
     }
-    authenticate(req, state)
-        .map_err(|_| HttpResponse::Unauthorized().json(serde_json::json!({"error": "Unauthorized"})))
+    authenticate(req, state).map_err(|_| ApiError::Unauthorized)
 }
 
 fn unauthorized_message(failure: AuthFailure) -> &'static str {

@@ -22,7 +22,9 @@ use crate::gateway::rate::AudioRateLimiter;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
-use crate::upstream::{EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink};
+use crate::upstream::{
+    EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink,
+};
 
 /// The gateway pings the browser this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -133,7 +135,11 @@ impl ClientActor {
         }
         self.send_text(error.envelope(Some(&self.id_text)), ctx);
         if let Some(code) = error.code.close_code() {
-            log::info!("session {}: closing with {} ({code})", self.id_text, error.code);
+            log::info!(
+                "session {}: closing with {} ({code})",
+                self.id_text,
+                error.code
+            );
             self.close(code, error.code.as_str(), ctx);
         }
     }
@@ -232,7 +238,10 @@ impl ClientActor {
                 match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
                     Ok(audio) => self.on_audio(Bytes::from(audio), ctx),
                     Err(_) => self.report(
-                        GatewayError::with_message(ErrorCode::InvalidAudioFormat, "Audio data is not valid base64"),
+                        GatewayError::with_message(
+                            ErrorCode::InvalidAudioFormat,
+                            "Audio data is not valid base64",
+                        ),
                         ctx,
                     ),
                 }
@@ -253,7 +262,9 @@ impl ClientActor {
                 self.schedule_expiry(ctx);
             }
             Ok(_) => {
-                metrics::AUTH_FAILURES.with_label_values(&["refresh_other_user"]).inc();
+                metrics::AUTH_FAILURES
+                    .with_label_values(&["refresh_other_user"])
+                    .inc();
                 self.report(
                     GatewayError::with_message(
                         ErrorCode::Unauthorized,
@@ -263,9 +274,14 @@ impl ClientActor {
                 );
             }
             Err(failure) => {
-                metrics::AUTH_FAILURES.with_label_values(&[failure.as_str()]).inc();
+                metrics::AUTH_FAILURES
+                    .with_label_values(&[failure.as_str()])
+                    .inc();
                 self.report(
-                    GatewayError::with_message(ErrorCode::Unauthorized, "The refreshed token is invalid"),
+                    GatewayError::with_message(
+                        ErrorCode::Unauthorized,
+                        "The refreshed token is invalid",
+                    ),
                     ctx,
                 );
             }
@@ -329,11 +345,17 @@ impl ClientActor {
     fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
         let (chunk, last) = match item {
             actix_http::ws::Item::FirstText(data) => {
-                self.fragments = Some(Fragments { text: true, data: BytesMut::new() });
+                self.fragments = Some(Fragments {
+                    text: true,
+                    data: BytesMut::new(),
+                });
                 (data, false)
             }
             actix_http::ws::Item::FirstBinary(data) => {
-                self.fragments = Some(Fragments { text: false, data: BytesMut::new() });
+                self.fragments = Some(Fragments {
+                    text: false,
+                    data: BytesMut::new(),
+                });
                 (data, false)
             }
             actix_http::ws::Item::Continue(data) => (data, false),
@@ -449,7 +471,10 @@ impl Actor for ClientActor {
         self.schedule_idle_check(self.config().idle_timeout, ctx);
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
-                log::info!("session {}: client silent for too long, dropping", act.id_text);
+                log::info!(
+                    "session {}: client silent for too long, dropping",
+                    act.id_text
+                );
                 act.phase = Phase::Closed;
                 ctx.stop();
             } else {
@@ -466,20 +491,27 @@ impl Actor for ClientActor {
             format: upstream_format,
             client: ctx.address().recipient(),
         };
-        let connector = self.connector.take().expect("connector used once, at start");
-        ctx.spawn(connector(subscribe).into_actor(self).map(|result, act, ctx| match result {
-            Ok(link) => {
-                if act.phase == Phase::Closed {
-                    // Closed while subscribing: give the slot back at once.
-                    link.unsubscribe.do_send(Unsubscribe {
-                        session_id: act.session.session_id,
-                    });
-                } else {
-                    act.upstream = Some(link);
-                }
-            }
-            Err(error) => act.report(error, ctx),
-        }));
+        let connector = self
+            .connector
+            .take()
+            .expect("connector used once, at start");
+        ctx.spawn(
+            connector(subscribe)
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(link) => {
+                        if act.phase == Phase::Closed {
+                            // Closed while subscribing: give the slot back at once.
+                            link.unsubscribe.do_send(Unsubscribe {
+                                session_id: act.session.session_id,
+                            });
+                        } else {
+                            act.upstream = Some(link);
+                        }
+                    }
+                    Err(error) => act.report(error, ctx),
+                }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{ErrorCode, GatewayError};
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counts {
     total: usize,
     per_user: HashMap<String, usize>,
@@ -61,6 +61,7 @@ impl SessionLimiter {
 }
 
 /// One open session's slot; released on drop.
+#[derive(Debug)]
 pub struct SessionPermit {
     user: String,
     counts: Arc<Mutex<Counts>>,
@@ -88,9 +89,15 @@ mod tests {
         let limiter = SessionLimiter::new(3, 2);
         let a1 = limiter.acquire("a").unwrap();
         let _a2 = limiter.acquire("a").unwrap();
-        assert_eq!(limiter.acquire("a").unwrap_err().code, ErrorCode::TooManySessions);
+        assert_eq!(
+            limiter.acquire("a").unwrap_err().code,
+            ErrorCode::TooManySessions
+        );
         let _b1 = limiter.acquire("b").unwrap();
-        assert_eq!(limiter.acquire("c").unwrap_err().code, ErrorCode::TooManySessions);
+        assert_eq!(
+            limiter.acquire("c").unwrap_err().code,
+            ErrorCode::TooManySessions
+        );
         drop(a1);
         assert_eq!(limiter.total(), 2);
         assert!(limiter.acquire("c").is_ok());

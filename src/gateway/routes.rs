@@ -11,7 +11,8 @@ use crate::audio::{AudioFormat, Encoding, SAMPLE_RATES};
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::admission::{
-    admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, SELECTABLE_SUBPROTOCOLS,
+    admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required,
+    SELECTABLE_SUBPROTOCOLS,
 };
 use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
 use crate::protocol::Provider;
@@ -37,14 +38,21 @@ pub fn parse_session_query(query: &str) -> Result<SessionRequest, GatewayError> 
         Some(other) => {
             return Err(GatewayError::with_message(
                 ErrorCode::BadMessage,
-                format!("Unknown provider {:?}: use thoth or mistral", truncate(other)),
+                format!(
+                    "Unknown provider {:?}: use thoth or mistral",
+                    truncate(other)
+                ),
             ))
         }
     };
     let encoding = match params.get("encoding") {
         None => Encoding::F32le,
-        Some(raw) => Encoding::parse(raw)
-            .ok_or_else(|| bad(format!("Unknown encoding {:?}: use f32le or s16le", truncate(raw))))?,
+        Some(raw) => Encoding::parse(raw).ok_or_else(|| {
+            bad(format!(
+                "Unknown encoding {:?}: use f32le or s16le",
+                truncate(raw)
+            ))
+        })?,
     };
     let sample_rate = match params.get("sampleRate") {
         None => 16_000,
@@ -52,11 +60,16 @@ pub fn parse_session_query(query: &str) -> Result<SessionRequest, GatewayError> 
             .parse::<u32>()
             .ok()
             .filter(|rate| SAMPLE_RATES.contains(rate))
-            .ok_or_else(|| bad("sampleRate must be a whole number between 8000 and 48000".into()))?,
+            .ok_or_else(
+                || bad("sampleRate must be a whole number between 8000 and 48000".into()),
+            )?,
     };
     Ok(SessionRequest {
         provider,
-        format: AudioFormat { encoding, sample_rate },
+        format: AudioFormat {
+            encoding,
+            sample_rate,
+        },
     })
 }
 
@@ -131,21 +144,46 @@ mod tests {
     fn defaults_match_the_legacy_frontend() {
         let req = parse_session_query("token=abc").unwrap();
         assert_eq!(req.provider, Provider::Thoth);
-        assert_eq!(req.format, AudioFormat { encoding: Encoding::F32le, sample_rate: 16_000 });
+        assert_eq!(
+            req.format,
+            AudioFormat {
+                encoding: Encoding::F32le,
+                sample_rate: 16_000
+            }
+        );
     }
 
     #[test]
     fn reads_provider_encoding_and_rate() {
-        let req = parse_session_query("provider=mistral&encoding=s16le&sampleRate=24000&noteId=7").unwrap();
+        let req = parse_session_query("provider=mistral&encoding=s16le&sampleRate=24000&noteId=7")
+            .unwrap();
         assert_eq!(req.provider, Provider::Mistral);
-        assert_eq!(req.format, AudioFormat { encoding: Encoding::S16le, sample_rate: 24_000 });
+        assert_eq!(
+            req.format,
+            AudioFormat {
+                encoding: Encoding::S16le,
+                sample_rate: 24_000
+            }
+        );
     }
 
     #[test]
     fn refuses_bad_values() {
-        assert_eq!(parse_session_query("provider=x").unwrap_err().code, ErrorCode::BadMessage);
-        assert_eq!(parse_session_query("encoding=mp3").unwrap_err().code, ErrorCode::InvalidAudioFormat);
-        assert_eq!(parse_session_query("sampleRate=1").unwrap_err().code, ErrorCode::InvalidAudioFormat);
-        assert_eq!(parse_session_query("sampleRate=abc").unwrap_err().code, ErrorCode::InvalidAudioFormat);
+        assert_eq!(
+            parse_session_query("provider=x").unwrap_err().code,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_session_query("encoding=mp3").unwrap_err().code,
+            ErrorCode::InvalidAudioFormat
+        );
+        assert_eq!(
+            parse_session_query("sampleRate=1").unwrap_err().code,
+            ErrorCode::InvalidAudioFormat
+        );
+        assert_eq!(
+            parse_session_query("sampleRate=abc").unwrap_err().code,
+            ErrorCode::InvalidAudioFormat
+        );
     }
 }

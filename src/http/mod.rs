@@ -2,3 +2,4 @@
 //! listener, the REST routes.
 
 pub mod admin;
+pub mod error;

@@ -125,7 +125,9 @@ pub async fn open(target: &WsTarget) -> Result<Connected, ConnectFailure> {
         )
         .timeout(CONNECT_TIMEOUT)
         .finish();
-    let mut request = client.ws(target.url.as_str()).max_frame_size(target.max_frame_bytes);
+    let mut request = client
+        .ws(target.url.as_str())
+        .max_frame_size(target.max_frame_bytes);
     if let Some(protocol) = target.subprotocol {
         request = request.protocols([protocol]);
     }
@@ -139,12 +141,17 @@ pub async fn open(target: &WsTarget) -> Result<Connected, ConnectFailure> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
     let framed = framed.into_map_codec(|codec| codec.max_size(target.max_frame_bytes));
-    Ok(Connected { framed, subprotocol })
+    Ok(Connected {
+        framed,
+        subprotocol,
+    })
 }
 
 fn classify(err: WsClientError) -> ConnectFailure {
     match err {
-        WsClientError::InvalidResponseStatus(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
+        WsClientError::InvalidResponseStatus(status)
+            if status.as_u16() == 401 || status.as_u16() == 403 =>
+        {
             ConnectFailure::Refused(status.as_u16())
         }
         WsClientError::InvalidResponseStatus(status) if status.is_server_error() => {

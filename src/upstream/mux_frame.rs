@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn start_frame_has_every_field() {
         let id = Uuid::parse_str("6f1c1a5e-8d7b-4c1e-9a3f-0b2d4e6f8a10").unwrap();
-        let fmt = AudioFormat { encoding: Encoding::S16le, sample_rate: 16_000 };
+        let fmt = AudioFormat {
+            encoding: Encoding::S16le,
+            sample_rate: 16_000,
+        };
         assert_eq!(
             MuxCommand::start(&id, fmt, 1500).to_json(),
             r#"{"type":"session.start","session_id":"6f1c1a5e-8d7b-4c1e-9a3f-0b2d4e6f8a10","encoding":"s16le","sample_rate":16000,"offset_ms":1500}"#
@@ -119,10 +122,21 @@ mod tests {
             r#"{{"type":"transcription","session_id":"{id}","text":"a","is_final":true,"start":0.0,"end":1.0}}"#
         ))
         .unwrap();
-        assert!(matches!(ev, MuxEvent::Transcription { is_final: true, end: Some(e), .. } if e == 1.0));
+        assert!(
+            matches!(ev, MuxEvent::Transcription { is_final: true, end: Some(e), .. } if e == 1.0)
+        );
         let ev = MuxEvent::parse(r#"{"type":"error","code":"OVERLOADED","message":"x"}"#).unwrap();
-        assert!(matches!(ev, MuxEvent::Error { session_id: None, .. }));
+        assert!(matches!(
+            ev,
+            MuxEvent::Error {
+                session_id: None,
+                ..
+            }
+        ));
         assert_eq!(MuxEvent::parse(r#"{"type":"mystery"}"#), None);
-        assert_eq!(MuxEvent::parse(r#"{"type":"session.done","session_id":"nope"}"#), None);
+        assert_eq!(
+            MuxEvent::parse(r#"{"type":"session.done","session_id":"nope"}"#),
+            None
+        );
     }
 }

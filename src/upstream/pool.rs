@@ -70,9 +70,20 @@ impl ThothPool {
         }
         // Legacy: the actor itself refuses a second session, so two sessions
         // racing for one free endpoint cannot both get it.
-        let Subscribe { session_id, format, client } = request;
-        for endpoint in order.into_iter().filter(|e| e.ref_count.load(Ordering::Relaxed) == 0) {
-            let attempt = Subscribe { session_id, format, client: client.clone() };
+        let Subscribe {
+            session_id,
+            format,
+            client,
+        } = request;
+        for endpoint in order
+            .into_iter()
+            .filter(|e| e.ref_count.load(Ordering::Relaxed) == 0)
+        {
+            let attempt = Subscribe {
+                session_id,
+                format,
+                client: client.clone(),
+            };
             match endpoint.addr.send(attempt).await.map_err(mailbox_error)? {
                 Ok(()) => return Ok(UpstreamLink::of(&endpoint.addr)),
                 Err(e) if e.code == ErrorCode::ThothBusy => continue,
@@ -95,7 +106,10 @@ impl ThothPool {
 
     /// Total sessions held by every endpoint.
     pub fn total_ref_count(&self) -> usize {
-        self.endpoints.iter().map(|e| e.ref_count.load(Ordering::Relaxed)).sum()
+        self.endpoints
+            .iter()
+            .map(|e| e.ref_count.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -207,7 +207,10 @@ impl ThothUpstreamActor {
         self.idle_timer = Some(ctx.run_later(delay, |act, ctx| {
             act.idle_timer = None;
             if act.sessions.is_empty() {
-                log::info!("thoth {}: idle, closing the upstream socket", act.display_url);
+                log::info!(
+                    "thoth {}: idle, closing the upstream socket",
+                    act.display_url
+                );
                 act.close_link(ctx, CloseCode::Normal);
             }
         }));
@@ -254,13 +257,18 @@ impl ThothUpstreamActor {
         log::info!("thoth {url}: opening upstream socket");
         let attempt = async move {
             connect::open_with_retries(&target, backoff, |attempt, failure| {
-                log::warn!("thoth {url}: connection attempt {} failed: {failure}", attempt + 1);
+                log::warn!(
+                    "thoth {url}: connection attempt {} failed: {failure}",
+                    attempt + 1
+                );
             })
             .await
         };
-        ctx.spawn(attempt.into_actor(self).map(move |result, act, ctx| {
-            act.on_connect_result(generation, result, ctx)
-        }));
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |result, act, ctx| act.on_connect_result(generation, result, ctx)),
+        );
     }
 
     fn on_connect_result(
@@ -436,7 +444,9 @@ impl ThothUpstreamActor {
     fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
         if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
             ctx.cancel_future(socket.reader);
-            let _ = socket.outbound.send(WsMessage::Close(Some(CloseReason::from(code))));
+            let _ = socket
+                .outbound
+                .send(WsMessage::Close(Some(CloseReason::from(code))));
             // Dropping the sender lets the writer close the socket and end.
         }
         self.generation += 1;
@@ -473,7 +483,10 @@ impl ThothUpstreamActor {
 
     fn on_mux_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let Some(event) = MuxEvent::parse(text) else {
-            log::warn!("thoth {}: skipping an unknown or malformed frame", self.display_url);
+            log::warn!(
+                "thoth {}: skipping an unknown or malformed frame",
+                self.display_url
+            );
             return;
         };
         match event {
@@ -490,7 +503,10 @@ impl ThothUpstreamActor {
                     start,
                     end,
                 }),
-                None => log::debug!("thoth {}: result for unknown session {session_id}", self.display_url),
+                None => log::debug!(
+                    "thoth {}: result for unknown session {session_id}",
+                    self.display_url
+                ),
             },
             MuxEvent::SessionDone { session_id } => {
                 self.finish_session(session_id, UpstreamEvent::Done, ctx)
@@ -500,7 +516,10 @@ impl ThothUpstreamActor {
                 code,
                 ..
             } => {
-                log::warn!("thoth {}: error {code} for session {session_id}", self.display_url);
+                log::warn!(
+                    "thoth {}: error {code} for session {session_id}",
+                    self.display_url
+                );
                 let error = GatewayError::new(map_thoth_error(&code));
                 self.finish_session(session_id, UpstreamEvent::Failed(error), ctx);
             }
@@ -520,7 +539,10 @@ impl ThothUpstreamActor {
             transcription: String,
         }
         let Ok(result) = serde_json::from_str::<LegacyResult>(text) else {
-            log::warn!("thoth {}: skipping a frame that is not a transcription", self.display_url);
+            log::warn!(
+                "thoth {}: skipping a frame that is not a transcription",
+                self.display_url
+            );
             return;
         };
         // A legacy endpoint carries at most one session.
@@ -550,7 +572,10 @@ impl ThothUpstreamActor {
                 self.fail_all(GatewayError::new(code_for_sessions), ctx);
             }
             None => self.link_lost(
-                &format!("thoth closed the socket ({})", code.map_or("no code".into(), |c| c.to_string())),
+                &format!(
+                    "thoth closed the socket ({})",
+                    code.map_or("no code".into(), |c| c.to_string())
+                ),
                 ctx,
             ),
         }
@@ -589,10 +614,11 @@ impl Actor for ThothUpstreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(PING_INTERVAL, |act, ctx| act.heartbeat(ctx));
         self.set_link(Link::Down);
-        metrics::THOTH_REF_COUNT.with_label_values(&[&self.display_url]).set(0);
+        metrics::THOTH_REF_COUNT
+            .with_label_values(&[&self.display_url])
+            .set(0);
     }
 }
 
@@ -658,7 +684,12 @@ impl Handler<EndSession> for ThothUpstreamActor {
         slot.phase = Phase::Ending;
         let session_id = msg.session_id;
         if self.is_mux() {
-            self.send_command(MuxCommand::End { session_id: &session_id }, ctx);
+            self.send_command(
+                MuxCommand::End {
+                    session_id: &session_id,
+                },
+                ctx,
+            );
         } else {
             // Legacy thoth has no end-of-audio message: wait for a last window.
             ctx.run_later(self.config.legacy_flush_grace, move |act, ctx| {
@@ -676,7 +707,12 @@ impl Handler<Unsubscribe> for ThothUpstreamActor {
             return;
         };
         if self.is_mux() && slot.phase != Phase::Waiting {
-            self.send_command(MuxCommand::Cancel { session_id: &msg.session_id }, ctx);
+            self.send_command(
+                MuxCommand::Cancel {
+                    session_id: &msg.session_id,
+                },
+                ctx,
+            );
         }
         log::info!(
             "thoth {}: session {} unsubscribed (refCount {})",
@@ -695,13 +731,17 @@ impl StreamHandler<Inbound> for ThothUpstreamActor {
             _ => return,
         };
         match item {
-            Inbound::Frame(generation, _) | Inbound::Ended(generation) if generation != current => {}
+            Inbound::Frame(generation, _) | Inbound::Ended(generation) if generation != current => {
+            }
             Inbound::Frame(_, Ok(frame)) => match frame {
                 Frame::Text(text) => {
                     metrics::UPSTREAM_TO_GATEWAY.record(text.len());
                     match std::str::from_utf8(&text) {
                         Ok(text) => self.on_text(text, ctx),
-                        Err(_) => log::warn!("thoth {}: skipping a non-UTF-8 text frame", self.display_url),
+                        Err(_) => log::warn!(
+                            "thoth {}: skipping a non-UTF-8 text frame",
+                            self.display_url
+                        ),
                     }
                 }
                 Frame::Ping(payload) => self.send(WsMessage::Pong(payload), ctx),

@@ -20,7 +20,10 @@ pub const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The base configuration of a test gateway: loopback, ephemeral ports,
@@ -43,7 +46,9 @@ pub fn base_env(thoth_url: &str) -> HashMap<String, String> {
 
 pub async fn start_gateway(env: &HashMap<String, String>) -> RunningGateway {
     let config = Config::from_map(env).expect("test config is valid");
-    chronus_gateway::start(config).await.expect("gateway starts")
+    chronus_gateway::start(config)
+        .await
+        .expect("gateway starts")
 }
 
 /// An HS256 token with arbitrary claims, signed with the test secret.
@@ -104,7 +109,9 @@ pub async fn connect(url: &str, auth: Auth<'_>, origin: Option<&str>) -> Connect
     match auth {
         Auth::Header(token) => request = request.bearer_auth(token),
         Auth::Subprotocol(token) => request = request.protocols(["chronus.jwt", token]),
-        Auth::Cookie(token) => request = request.cookie(awc::cookie::Cookie::new("chronus_token", token.to_string())),
+        Auth::Cookie(token) => {
+            request = request.cookie(awc::cookie::Cookie::new("chronus_token", token.to_string()))
+        }
         _ => {}
     }
     if let Some(origin) = origin {
@@ -141,7 +148,10 @@ impl WsClient {
     }
 
     pub async fn send_binary(&mut self, data: impl Into<Bytes>) {
-        self.framed.send(Message::Binary(data.into())).await.unwrap();
+        self.framed
+            .send(Message::Binary(data.into()))
+            .await
+            .unwrap();
     }
 
     /// Best effort: the server may already have closed.
@@ -150,7 +160,10 @@ impl WsClient {
     }
 
     pub async fn close(&mut self) {
-        let _ = self.framed.send(Message::Close(Some(ws::CloseCode::Normal.into()))).await;
+        let _ = self
+            .framed
+            .send(Message::Close(Some(ws::CloseCode::Normal.into())))
+            .await;
     }
 
     /// The next JSON message or close, skipping pings.
@@ -162,7 +175,9 @@ impl WsClient {
                 .expect("server answered in time");
             match frame {
                 Some(Ok(Frame::Text(text))) => {
-                    return Received::Json(serde_json::from_slice(&text).expect("server sends JSON"))
+                    return Received::Json(
+                        serde_json::from_slice(&text).expect("server sends JSON"),
+                    )
                 }
                 Some(Ok(Frame::Close(reason))) => {
                     return Received::Closed(reason.map(|r| u16::from(r.code)))
@@ -212,7 +227,9 @@ impl WsClient {
 /// `seconds` of f32le audio at 16 kHz, every sample `level`.
 pub fn f32_audio(level: f32, seconds: f64) -> Vec<u8> {
     let samples = (16_000.0 * seconds) as usize;
-    std::iter::repeat_n(level.to_le_bytes(), samples).flatten().collect()
+    std::iter::repeat_n(level.to_le_bytes(), samples)
+        .flatten()
+        .collect()
 }
 
 /// Admin JSON of the pool.
@@ -231,7 +248,9 @@ pub async fn pool_report(gateway: &RunningGateway) -> Value {
 
 /// The first endpoint's reference count, from the monitoring endpoint.
 pub async fn ref_count(gateway: &RunningGateway) -> u64 {
-    pool_report(gateway).await["thoth"][0]["refCount"].as_u64().unwrap()
+    pool_report(gateway).await["thoth"][0]["refCount"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes.
