@@ -229,7 +229,11 @@ impl KeyCipher {
 
     /// Like [`KeyCipher::decrypt`] for binary plaintexts; the buffer is
     /// wiped on drop.
-    pub fn decrypt_bytes(&self, sealed: &Sealed, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn decrypt_bytes(
+        &self,
+        sealed: &Sealed,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let aead = if sealed.key_version == self.current_version {
             &self.current
         } else {
@@ -253,7 +257,10 @@ impl fmt::Debug for KeyCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyCipher")
             .field("current_version", &self.current_version)
-            .field("previous_versions", &self.previous.keys().collect::<Vec<_>>())
+            .field(
+                "previous_versions",
+                &self.previous.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -320,7 +327,10 @@ mod tests {
         let cipher = KeyCipher::from_bytes(&KEY_A);
         let sealed = cipher.encrypt(b"sk-secret-value", b"aad");
         assert_eq!(sealed.key_version, 1);
-        assert_eq!(cipher.decrypt(&sealed, b"aad").unwrap().expose(), "sk-secret-value");
+        assert_eq!(
+            cipher.decrypt(&sealed, b"aad").unwrap().expose(),
+            "sk-secret-value"
+        );
     }
 
     #[test]
@@ -336,14 +346,20 @@ mod tests {
     fn wrong_key_fails() {
         let sealed = KeyCipher::from_bytes(&KEY_A).encrypt(b"secret", b"aad");
         let other = KeyCipher::from_bytes(&KEY_B);
-        assert_eq!(other.decrypt(&sealed, b"aad").unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            other.decrypt(&sealed, b"aad").unwrap_err(),
+            CryptoError::Decrypt
+        );
     }
 
     #[test]
     fn wrong_aad_fails() {
         let cipher = KeyCipher::from_bytes(&KEY_A);
         let sealed = cipher.encrypt(b"secret", b"user-1");
-        assert_eq!(cipher.decrypt(&sealed, b"user-2").unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            cipher.decrypt(&sealed, b"user-2").unwrap_err(),
+            CryptoError::Decrypt
+        );
     }
 
     #[test]
@@ -351,7 +367,10 @@ mod tests {
         let cipher = KeyCipher::from_bytes(&KEY_A);
         let mut sealed = cipher.encrypt(b"secret", b"aad");
         sealed.ciphertext[0] ^= 0x01;
-        assert_eq!(cipher.decrypt(&sealed, b"aad").unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            cipher.decrypt(&sealed, b"aad").unwrap_err(),
+            CryptoError::Decrypt
+        );
     }
 
     #[test]
@@ -359,7 +378,10 @@ mod tests {
         let cipher = KeyCipher::from_bytes(&KEY_A);
         let mut sealed = cipher.encrypt(b"secret", b"aad");
         sealed.nonce[23] ^= 0x80;
-        assert_eq!(cipher.decrypt(&sealed, b"aad").unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            cipher.decrypt(&sealed, b"aad").unwrap_err(),
+            CryptoError::Decrypt
+        );
     }
 
     #[test]
@@ -401,8 +423,14 @@ mod tests {
             .unwrap();
         let debug = format!("{cipher:?}");
         assert!(debug.contains("current_version: 2"), "{debug}");
-        assert!(!debug.contains(&b64(&KEY_A)) && !debug.contains(&b64(&KEY_B)), "{debug}");
-        assert!(!debug.contains("7, 7") && !debug.contains("9, 9"), "{debug}");
+        assert!(
+            !debug.contains(&b64(&KEY_A)) && !debug.contains(&b64(&KEY_B)),
+            "{debug}"
+        );
+        assert!(
+            !debug.contains("7, 7") && !debug.contains("9, 9"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -415,7 +443,10 @@ mod tests {
             .unwrap()
             .with_previous(1, &b64(&KEY_A))
             .unwrap();
-        assert_eq!(rotated.decrypt(&sealed_v1, b"aad").unwrap().expose(), "old secret");
+        assert_eq!(
+            rotated.decrypt(&sealed_v1, b"aad").unwrap().expose(),
+            "old secret"
+        );
         let sealed_v2 = rotated.encrypt(b"new secret", b"aad");
         assert_eq!(sealed_v2.key_version, 2);
         assert_eq!(
@@ -427,7 +458,9 @@ mod tests {
     #[test]
     fn invalid_and_duplicate_versions_are_rejected() {
         assert!(KeyCipher::from_bytes(&KEY_A).with_version(0).is_err());
-        assert!(KeyCipher::from_bytes(&KEY_A).with_version(u32::MAX).is_err());
+        assert!(KeyCipher::from_bytes(&KEY_A)
+            .with_version(u32::MAX)
+            .is_err());
         assert!(KeyCipher::from_bytes(&KEY_A)
             .with_previous(1, &b64(&KEY_B))
             .is_err());

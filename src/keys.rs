@@ -91,7 +91,10 @@ pub struct ApiKeyInfo {
     pub updated_at: DateTime<Utc>,
 }
 
-fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_rfc3339<S: serde::Serializer>(
+    at: &DateTime<Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
@@ -148,10 +151,18 @@ impl ApiKeyStore {
     /// whitespace is trimmed; the key must then be 1 to
     /// [`MAX_API_KEY_CHARS`] printable ASCII characters without spaces.
     /// A replacement keeps `created_at` and sets `updated_at`.
-    pub async fn put(&self, user_id: &str, provider: Provider, api_key: SecretString) -> Result<(), KeyStoreError> {
+    pub async fn put(
+        &self,
+        user_id: &str,
+        provider: Provider,
+        api_key: SecretString,
+    ) -> Result<(), KeyStoreError> {
         let api_key = validate_api_key(&api_key)?;
         let last4 = last_chars(api_key.expose());
-        let sealed = self.cipher.encrypt(api_key.expose().as_bytes(), &aad(user_id, provider.as_str()));
+        let sealed = self.cipher.encrypt(
+            api_key.expose().as_bytes(),
+            &aad(user_id, provider.as_str()),
+        );
         drop(api_key);
 
         let user = user_id.to_owned();
@@ -209,7 +220,11 @@ impl ApiKeyStore {
     }
 
     /// The user's key for `provider`, decrypted; `None` when there is none.
-    pub async fn get(&self, user_id: &str, provider: Provider) -> Result<Option<SecretString>, KeyStoreError> {
+    pub async fn get(
+        &self,
+        user_id: &str,
+        provider: Provider,
+    ) -> Result<Option<SecretString>, KeyStoreError> {
         let user = user_id.to_owned();
         let row: Option<ApiKeyRow> = self
             .db
@@ -228,7 +243,10 @@ impl ApiKeyStore {
         };
         match open_row(&self.cipher, &row) {
             Ok(key) => {
-                log::debug!("read {provider} API key ending in {:?} for user {user_id}", row.last4);
+                log::debug!(
+                    "read {provider} API key ending in {:?} for user {user_id}",
+                    row.last4
+                );
                 Ok(Some(key))
             }
             Err(err) => {
@@ -247,7 +265,9 @@ impl ApiKeyStore {
     /// left as they are; rows replaced meanwhile are skipped.
     pub async fn reencrypt_all(&self) -> Result<usize, KeyStoreError> {
         let cipher = Arc::clone(&self.cipher);
-        self.db.run(move |conn| reencrypt_stale_rows(conn, &cipher)).await
+        self.db
+            .run(move |conn| reencrypt_stale_rows(conn, &cipher))
+            .await
     }
 }
 
@@ -342,14 +362,20 @@ fn upsert(
             .execute(conn);
         match inserted {
             Ok(_) => return Ok(()),
-            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) if !retried => retried = true,
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) if !retried => {
+                retried = true
+            }
             Err(err) => return Err(err.into()),
         }
     }
 }
 
 fn sealed_from_row(row: &ApiKeyRow) -> Result<Sealed, CryptoError> {
-    let nonce: [u8; NONCE_BYTES] = row.nonce.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
+    let nonce: [u8; NONCE_BYTES] = row
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Decrypt)?;
     let key_version = u32::try_from(row.key_version).map_err(|_| CryptoError::Decrypt)?;
     Ok(Sealed {
         ciphertext: row.ciphertext.clone(),
@@ -363,7 +389,10 @@ fn open_row(cipher: &KeyCipher, row: &ApiKeyRow) -> Result<SecretString, CryptoE
     cipher.decrypt(&sealed, &aad(&row.user_id, &row.provider))
 }
 
-fn reencrypt_stale_rows(conn: &mut AnyConnection, cipher: &KeyCipher) -> Result<usize, KeyStoreError> {
+fn reencrypt_stale_rows(
+    conn: &mut AnyConnection,
+    cipher: &KeyCipher,
+) -> Result<usize, KeyStoreError> {
     let current = db_version(cipher.current_version());
     let mut after_id = 0i64;
     let mut reencrypted = 0usize;
@@ -382,19 +411,20 @@ fn reencrypt_stale_rows(conn: &mut AnyConnection, cipher: &KeyCipher) -> Result<
         after_id = last.id;
         for row in &rows {
             let aad = aad(&row.user_id, &row.provider);
-            let plaintext = match sealed_from_row(row).and_then(|sealed| cipher.decrypt_bytes(&sealed, &aad)) {
-                Ok(plaintext) => plaintext,
-                Err(err) => {
-                    failed += 1;
-                    log::error!(
-                        "cannot re-encrypt {} API key of user {} (key version {}): {err}",
-                        row.provider,
-                        row.user_id,
-                        row.key_version
-                    );
-                    continue;
-                }
-            };
+            let plaintext =
+                match sealed_from_row(row).and_then(|sealed| cipher.decrypt_bytes(&sealed, &aad)) {
+                    Ok(plaintext) => plaintext,
+                    Err(err) => {
+                        failed += 1;
+                        log::error!(
+                            "cannot re-encrypt {} API key of user {} (key version {}): {err}",
+                            row.provider,
+                            row.user_id,
+                            row.key_version
+                        );
+                        continue;
+                    }
+                };
             let sealed = cipher.encrypt(&plaintext, &aad);
             // Only if the row is still the one we read: a concurrent `put`
             // has already written it with the current key.
@@ -472,6 +502,9 @@ mod tests {
     #[test]
     fn aad_binds_user_and_provider() {
         assert_ne!(aad("alice", "mistral"), aad("bob", "mistral"));
-        assert_eq!(aad("alice", "mistral"), b"chronus-api-key:v1:alice\0mistral".to_vec());
+        assert_eq!(
+            aad("alice", "mistral"),
+            b"chronus-api-key:v1:alice\0mistral".to_vec()
+        );
     }
 }

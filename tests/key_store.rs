@@ -108,10 +108,14 @@ impl ScratchPgDatabase {
     }
 
     fn drop_now(&self) {
-        let mut admin = PgConnection::establish(&self.admin_url).expect("connect to the test PostgreSQL");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .expect("drop scratch database");
+        let mut admin =
+            PgConnection::establish(&self.admin_url).expect("connect to the test PostgreSQL");
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .expect("drop scratch database");
     }
 }
 
@@ -152,7 +156,12 @@ impl Fixture {
             Backend::Sqlite => {
                 let dir = TempDir::new();
                 let file = dir.0.join("nested").join("gateway.db");
-                (format!("sqlite://{}", file.display()), None, Some(dir), Some(file))
+                (
+                    format!("sqlite://{}", file.display()),
+                    None,
+                    Some(dir),
+                    Some(file),
+                )
             }
             Backend::Postgres => {
                 let base = pg_url()?;
@@ -174,7 +183,7 @@ impl Fixture {
             store: ApiKeyStore::new(db.clone(), Arc::new(KeyCipher::from_bytes(&KEY_A))),
             db,
             sqlite_file,
-            scratch: scratch,
+            scratch,
             _dir: dir,
         })
     }
@@ -213,38 +222,63 @@ async fn get(store: &ApiKeyStore, user: &str) -> Option<String> {
 // The suite, run on both backends.
 
 async fn put_then_get_returns_the_key(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-round-trip-0123456789").await;
-    assert_eq!(get(&fx.store, &user).await.as_deref(), Some("sk-round-trip-0123456789"));
+    assert_eq!(
+        get(&fx.store, &user).await.as_deref(),
+        Some("sk-round-trip-0123456789")
+    );
 }
 
 async fn get_without_a_stored_key_returns_none(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     assert_eq!(get(&fx.store, &unique("user")).await, None);
 }
 
 async fn surrounding_whitespace_is_trimmed(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "  sk-trimmed-key-42\r\n").await;
-    assert_eq!(get(&fx.store, &user).await.as_deref(), Some("sk-trimmed-key-42"));
+    assert_eq!(
+        get(&fx.store, &user).await.as_deref(),
+        Some("sk-trimmed-key-42")
+    );
     assert_eq!(fx.raw_rows(&user)[0].last4, "y-42");
 }
 
 async fn keys_of_different_users_are_independent(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let (alice, bob) = (unique("alice"), unique("bob"));
     put(&fx.store, &alice, "sk-alice-key-aaaa").await;
     put(&fx.store, &bob, "sk-bob-key-bbbb").await;
-    assert_eq!(get(&fx.store, &alice).await.as_deref(), Some("sk-alice-key-aaaa"));
-    assert_eq!(get(&fx.store, &bob).await.as_deref(), Some("sk-bob-key-bbbb"));
+    assert_eq!(
+        get(&fx.store, &alice).await.as_deref(),
+        Some("sk-alice-key-aaaa")
+    );
+    assert_eq!(
+        get(&fx.store, &bob).await.as_deref(),
+        Some("sk-bob-key-bbbb")
+    );
     assert!(fx.store.delete(&alice, Provider::Mistral).await.unwrap());
-    assert_eq!(get(&fx.store, &bob).await.as_deref(), Some("sk-bob-key-bbbb"));
+    assert_eq!(
+        get(&fx.store, &bob).await.as_deref(),
+        Some("sk-bob-key-bbbb")
+    );
 }
 
 async fn replacing_a_key_keeps_one_row_and_updates_last4_and_updated_at(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-first-key-1111").await;
     let before = fx.raw_rows(&user);
@@ -258,16 +292,27 @@ async fn replacing_a_key_keeps_one_row_and_updates_last4_and_updated_at(backend:
     assert_eq!(after.len(), 1, "a replacement must not add a row");
     assert_eq!(after[0].id, before[0].id);
     assert_eq!(after[0].last4, "2222");
-    assert_eq!(after[0].created_at, before[0].created_at, "created_at is kept");
-    assert!(after[0].updated_at > before[0].updated_at, "updated_at is bumped");
+    assert_eq!(
+        after[0].created_at, before[0].created_at,
+        "created_at is kept"
+    );
+    assert!(
+        after[0].updated_at > before[0].updated_at,
+        "updated_at is bumped"
+    );
     let listed_after = fx.store.list(&user).await.unwrap();
     assert_eq!(listed_after.len(), 1);
     assert!(listed_after[0].updated_at > listed_before[0].updated_at);
-    assert_eq!(get(&fx.store, &user).await.as_deref(), Some("sk-second-key-2222"));
+    assert_eq!(
+        get(&fx.store, &user).await.as_deref(),
+        Some("sk-second-key-2222")
+    );
 }
 
 async fn list_shows_provider_last4_and_time_but_never_the_key(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     let key = "sk-listed-secret-value-9876";
     let started = chrono::Utc::now() - chrono::Duration::seconds(1);
@@ -286,14 +331,19 @@ async fn list_shows_provider_last4_and_time_but_never_the_key(backend: Backend) 
     assert_eq!(fields, ["last4", "provider", "updatedAt"]);
     assert!(entry["updatedAt"].as_str().unwrap().ends_with('Z'));
     let text = json.to_string();
-    assert!(!text.contains(key) && !text.contains("listed-secret"), "{text}");
+    assert!(
+        !text.contains(key) && !text.contains("listed-secret"),
+        "{text}"
+    );
     assert!(!format!("{listed:?}").contains("listed-secret"));
 
     assert!(fx.store.list(&unique("nobody")).await.unwrap().is_empty());
 }
 
 async fn delete_reports_whether_a_key_was_there(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     assert!(!fx.store.delete(&user, Provider::Mistral).await.unwrap());
     put(&fx.store, &user, "sk-to-be-deleted-0000").await;
@@ -304,19 +354,35 @@ async fn delete_reports_whether_a_key_was_there(backend: Backend) {
 }
 
 async fn invalid_keys_are_rejected_and_nothing_is_stored(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     let too_long = format!("sk-{}", "x".repeat(510));
-    for bad in ["", "   \t\n", &too_long, "sk-with\u{1}control", "sk-with\nnewline", "sk with space", "sk-ünïcode"] {
+    for bad in [
+        "",
+        "   \t\n",
+        &too_long,
+        "sk-with\u{1}control",
+        "sk-with\nnewline",
+        "sk with space",
+        "sk-ünïcode",
+    ] {
         let err = fx
             .store
             .put(&user, Provider::Mistral, SecretString::from(bad))
             .await
             .expect_err("invalid key accepted");
-        assert!(matches!(err, KeyStoreError::InvalidKey(_)), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, KeyStoreError::InvalidKey(_)),
+            "{bad:?}: {err:?}"
+        );
         let message = err.to_string();
         if !bad.trim().is_empty() {
-            assert!(!message.contains(bad.trim()), "error quotes the key: {message}");
+            assert!(
+                !message.contains(bad.trim()),
+                "error quotes the key: {message}"
+            );
         }
     }
     assert!(fx.raw_rows(&user).is_empty());
@@ -325,7 +391,9 @@ async fn invalid_keys_are_rejected_and_nothing_is_stored(backend: Backend) {
 }
 
 async fn every_write_uses_a_fresh_nonce(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-same-key-twice-5555").await;
     let first = fx.raw_rows(&user).remove(0);
@@ -341,7 +409,9 @@ async fn every_write_uses_a_fresh_nonce(backend: Backend) {
 }
 
 async fn a_row_copied_to_another_user_does_not_decrypt(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let (alice, mallory) = (unique("alice"), unique("mallory"));
     put(&fx.store, &alice, "sk-alice-only-7777").await;
     {
@@ -360,11 +430,16 @@ async fn a_row_copied_to_another_user_does_not_decrypt(backend: Backend) {
     }
     let err = fx.store.get(&mallory, Provider::Mistral).await.unwrap_err();
     assert!(matches!(err, KeyStoreError::Corrupt), "{err:?}");
-    assert_eq!(get(&fx.store, &alice).await.as_deref(), Some("sk-alice-only-7777"));
+    assert_eq!(
+        get(&fx.store, &alice).await.as_deref(),
+        Some("sk-alice-only-7777")
+    );
 }
 
 async fn a_tampered_ciphertext_is_reported_corrupt(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-tamper-target-3333").await;
     let mut row = fx.raw_rows(&user).remove(0);
@@ -382,7 +457,9 @@ async fn a_tampered_ciphertext_is_reported_corrupt(backend: Backend) {
 }
 
 async fn a_store_with_another_encryption_key_reports_corrupt(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-written-with-key-a").await;
     let other = fx.store_with(KeyCipher::from_bytes(&KEY_B));
@@ -391,12 +468,15 @@ async fn a_store_with_another_encryption_key_reports_corrupt(backend: Backend) {
 }
 
 async fn concurrent_first_puts_leave_one_row(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     let user = unique("user");
     let keys: Vec<String> = (0..8).map(|i| format!("sk-concurrent-{i:04}")).collect();
-    let puts = keys
-        .iter()
-        .map(|key| fx.store.put(&user, Provider::Mistral, SecretString::from(key.as_str())));
+    let puts = keys.iter().map(|key| {
+        fx.store
+            .put(&user, Provider::Mistral, SecretString::from(key.as_str()))
+    });
     for result in futures_util::future::join_all(puts).await {
         result.expect("concurrent put");
     }
@@ -408,7 +488,9 @@ async fn concurrent_first_puts_leave_one_row(backend: Backend) {
 }
 
 async fn reencrypt_all_moves_every_row_to_the_current_key_version(backend: Backend) {
-    let Some(fx) = Fixture::open_isolated(backend) else { return };
+    let Some(fx) = Fixture::open_isolated(backend) else {
+        return;
+    };
     let users: Vec<String> = (0..3).map(|_| unique("user")).collect();
     for (i, user) in users.iter().enumerate() {
         put(&fx.store, user, &format!("sk-rotate-me-{i:04}")).await;
@@ -423,7 +505,10 @@ async fn reencrypt_all_moves_every_row_to_the_current_key_version(backend: Backe
             .unwrap(),
     );
     // Readable before the rotation, through the previous key...
-    assert_eq!(get(&rotated, &users[0]).await.as_deref(), Some("sk-rotate-me-0000"));
+    assert_eq!(
+        get(&rotated, &users[0]).await.as_deref(),
+        Some("sk-rotate-me-0000")
+    );
     assert_eq!(rotated.reencrypt_all().await.unwrap(), 3);
     // ...and after it, under the new key only.
     let new_key_only = fx.store_with(KeyCipher::from_bytes(&KEY_B).with_version(2).unwrap());
@@ -448,7 +533,9 @@ async fn reencrypt_all_moves_every_row_to_the_current_key_version(backend: Backe
 }
 
 async fn connecting_again_to_a_migrated_database_works(backend: Backend) {
-    let Some(fx) = Fixture::open(backend) else { return };
+    let Some(fx) = Fixture::open(backend) else {
+        return;
+    };
     fx.db.ping().expect("ping");
     let user = unique("user");
     put(&fx.store, &user, "sk-survives-reconnect").await;
@@ -459,7 +546,10 @@ async fn connecting_again_to_a_migrated_database_works(backend: Backend) {
     let again = Database::connect(&url).expect("second connect runs no migration twice");
     again.ping().unwrap();
     let store = ApiKeyStore::new(again, Arc::new(KeyCipher::from_bytes(&KEY_A)));
-    assert_eq!(get(&store, &user).await.as_deref(), Some("sk-survives-reconnect"));
+    assert_eq!(
+        get(&store, &user).await.as_deref(),
+        Some("sk-survives-reconnect")
+    );
 }
 
 macro_rules! on_both_backends {
@@ -514,7 +604,9 @@ fn sqlite_files(db_file: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 #[actix_web::test]
@@ -531,15 +623,25 @@ async fn sqlite_plaintext_keys_never_reach_the_database_files() {
     assert!(!files.is_empty());
     // The user id is stored in clear: finding it proves we read the data.
     assert!(
-        files.iter().any(|(_, bytes)| contains(bytes, user.as_bytes())),
+        files
+            .iter()
+            .any(|(_, bytes)| contains(bytes, user.as_bytes())),
         "written rows not found in {:?}",
         files.iter().map(|(path, _)| path).collect::<Vec<_>>()
     );
     for (path, bytes) in &files {
         for key in [&first, &second] {
-            assert!(!contains(bytes, key.as_bytes()), "plaintext key found in {}", path.display());
+            assert!(
+                !contains(bytes, key.as_bytes()),
+                "plaintext key found in {}",
+                path.display()
+            );
             // Not even the part without the visible last 4 characters.
-            assert!(!contains(bytes, key[..key.len() - 4].as_bytes()), "key prefix in {}", path.display());
+            assert!(
+                !contains(bytes, &key.as_bytes()[..key.len() - 4]),
+                "key prefix in {}",
+                path.display()
+            );
         }
     }
 }
@@ -552,27 +654,45 @@ fn sqlite_connect_creates_missing_directories_and_accepts_every_url_form() {
         format!("sqlite://{}", dir.0.join("scheme/gateway.db").display()),
         format!("file:{}", dir.0.join("uri/gateway.db").display()),
     ];
-    for (url, file) in cases.iter().zip(["plain/a/b/gateway.db", "scheme/gateway.db", "uri/gateway.db"]) {
+    for (url, file) in cases.iter().zip([
+        "plain/a/b/gateway.db",
+        "scheme/gateway.db",
+        "uri/gateway.db",
+    ]) {
         let db = Database::connect(url).unwrap_or_else(|err| panic!("{url}: {err}"));
         assert_eq!(db.backend(), "sqlite");
         db.ping().unwrap();
         assert!(dir.0.join(file).is_file(), "{url} did not create {file}");
         // WAL mode is on (the -wal file exists while connections are open).
-        assert!(dir.0.join(format!("{file}-wal")).exists(), "{url}: no WAL file");
+        assert!(
+            dir.0.join(format!("{file}-wal")).exists(),
+            "{url}: no WAL file"
+        );
     }
 }
 
 #[test]
 fn connect_to_postgres_on_a_closed_port_fails_fast_without_leaking_the_password() {
     // Bind then release a port: nothing listens there any more.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("postgres://gateway:Sup3rS3cretPw@127.0.0.1:{port}/gateway");
     let started = Instant::now();
     let err = Database::connect(&url).expect_err("connected to a closed port");
-    assert!(started.elapsed() < CONNECT_FAILS_WITHIN, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < CONNECT_FAILS_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(!text.contains("Sup3rS3cretPw"), "password leaked: {text}");
-        assert!(!text.contains("Invalid connection url"), "driver error hidden: {text}");
+        assert!(
+            !text.contains("Invalid connection url"),
+            "driver error hidden: {text}"
+        );
     }
     let message = err.to_string();
     assert!(message.contains("postgres"), "{message}");
@@ -588,17 +708,28 @@ fn connect_to_a_server_that_never_answers_times_out() {
     let url = format!("postgresql://gateway:An0therSecret@127.0.0.1:{port}/gateway");
     let started = Instant::now();
     let err = Database::connect(&url).expect_err("connected to a silent server");
-    assert!(started.elapsed() < CONNECT_FAILS_WITHIN, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < CONNECT_FAILS_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!format!("{err} {err:?}").contains("An0therSecret"));
     drop(silent);
 }
 
 #[test]
 fn a_postgres_url_never_creates_a_sqlite_file() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let marker = unique("nofile");
     let cwd = std::env::current_dir().unwrap();
-    let before: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     for url in [
         format!("postgres://gw:pw@127.0.0.1:{port}/{marker}"),
         format!("postgresql://127.0.0.1:{port}/{marker}"),
@@ -607,7 +738,10 @@ fn a_postgres_url_never_creates_a_sqlite_file() {
     ] {
         assert!(Database::connect(&url).is_err(), "{url}");
     }
-    let after: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let created: Vec<_> = after.iter().filter(|name| !before.contains(name)).collect();
     assert!(
         !created.iter().any(|name| {
@@ -621,7 +755,9 @@ fn a_postgres_url_never_creates_a_sqlite_file() {
 
 #[actix_web::test]
 async fn postgres_going_away_makes_the_store_unavailable() {
-    let Some(fx) = Fixture::open_isolated(Backend::Postgres) else { return };
+    let Some(fx) = Fixture::open_isolated(Backend::Postgres) else {
+        return;
+    };
     let user = unique("user");
     put(&fx.store, &user, "sk-before-the-outage").await;
     fx.scratch.as_ref().unwrap().drop_now();
@@ -629,10 +765,18 @@ async fn postgres_going_away_makes_the_store_unavailable() {
     let started = Instant::now();
     let err = fx.store.get(&user, Provider::Mistral).await.unwrap_err();
     assert!(matches!(err, KeyStoreError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < CONNECT_FAILS_WITHIN, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < CONNECT_FAILS_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
     let err = fx
         .store
-        .put(&user, Provider::Mistral, SecretString::from("sk-during-the-outage"))
+        .put(
+            &user,
+            Provider::Mistral,
+            SecretString::from("sk-during-the-outage"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, KeyStoreError::Unavailable(_)), "{err:?}");

@@ -35,7 +35,7 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 
 /// Key of the PostgreSQL advisory lock that serialises migrations when
 /// several gateways (or test processes) start against one database.
-const MIGRATION_LOCK_KEY: i64 = 0x6368_726f_6e75_73; // "chronus"
+const MIGRATION_LOCK_KEY: i64 = 0x0063_6872_6f6e_7573; // "chronus" in ASCII
 
 /// A pooled connection, checked out with [`Database::conn`].
 pub type PooledConnection = r2d2::PooledConnection<AnyConnectionManager>;
@@ -229,7 +229,10 @@ impl fmt::Display for MigrationFailure {
 /// the versions applied.
 fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, String> {
     fn versions(
-        applied: Result<Vec<diesel::migration::MigrationVersion<'_>>, Box<dyn std::error::Error + Send + Sync>>,
+        applied: Result<
+            Vec<diesel::migration::MigrationVersion<'_>>,
+            Box<dyn std::error::Error + Send + Sync>,
+        >,
     ) -> Result<Vec<String>, MigrationFailure> {
         applied
             .map(|versions| versions.iter().map(ToString::to_string).collect())
@@ -237,14 +240,17 @@ fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, String> {
     }
     let result = match conn {
         AnyConnection::Postgres(pg) => pg.transaction(|pg| {
-            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
-                .execute(pg)?;
+            diesel::sql_query(format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .execute(pg)?;
             versions(pg.run_pending_migrations(POSTGRES_MIGRATIONS))
         }),
         // IMMEDIATE takes the write lock first, so two processes opening a
         // fresh file cannot both decide to create the tables.
-        AnyConnection::Sqlite(sqlite) => sqlite
-            .immediate_transaction(|sqlite| versions(sqlite.run_pending_migrations(SQLITE_MIGRATIONS))),
+        AnyConnection::Sqlite(sqlite) => sqlite.immediate_transaction(|sqlite| {
+            versions(sqlite.run_pending_migrations(SQLITE_MIGRATIONS))
+        }),
     };
     result.map_err(|err| err.to_string())
 }

@@ -102,7 +102,8 @@ fn sqlite_path(open: String, file: &str, url: &str) -> Result<Target, DbError> {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 fn cut_at_query(s: &str) -> &str {
@@ -166,8 +167,8 @@ fn password_params(s: &str) -> Vec<(usize, usize)> {
         let key_start = from + found;
         let value_start = key_start + KEY.len();
         // Only a whole parameter name, not e.g. `sslpassword=`.
-        let starts_param = key_start == 0
-            || matches!(s.as_bytes()[key_start - 1], b'?' | b'&' | b' ' | b'\t');
+        let starts_param =
+            key_start == 0 || matches!(s.as_bytes()[key_start - 1], b'?' | b'&' | b' ' | b'\t');
         let rest = &s[value_start..];
         let value_len = if let Some(quoted) = rest.strip_prefix('\'') {
             quoted.find('\'').map_or(rest.len(), |end| end + 2)
@@ -282,24 +283,44 @@ mod tests {
             }
         }
         match Target::parse("postgres://db/gw?connect_timeout=2").unwrap() {
-            Target::Postgres { conninfo } => assert_eq!(conninfo, "postgres://db/gw?connect_timeout=2"),
+            Target::Postgres { conninfo } => {
+                assert_eq!(conninfo, "postgres://db/gw?connect_timeout=2")
+            }
             Target::Sqlite { .. } => unreachable!(),
         }
     }
 
     #[test]
     fn sqlite_forms_resolve_to_the_file() {
-        assert_eq!(sqlite_file("sqlite://data/gw.db"), PathBuf::from("data/gw.db"));
-        assert_eq!(sqlite_file("sqlite:///var/lib/gw.db"), PathBuf::from("/var/lib/gw.db"));
+        assert_eq!(
+            sqlite_file("sqlite://data/gw.db"),
+            PathBuf::from("data/gw.db")
+        );
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/gw.db"),
+            PathBuf::from("/var/lib/gw.db")
+        );
         assert_eq!(sqlite_file("sqlite:gw.db?mode=rwc"), PathBuf::from("gw.db"));
-        assert_eq!(sqlite_file("file:data/gw.db?mode=rwc"), PathBuf::from("data/gw.db"));
-        assert_eq!(sqlite_file("file:///tmp/a%20b.db"), PathBuf::from("/tmp/a b.db"));
+        assert_eq!(
+            sqlite_file("file:data/gw.db?mode=rwc"),
+            PathBuf::from("data/gw.db")
+        );
+        assert_eq!(
+            sqlite_file("file:///tmp/a%20b.db"),
+            PathBuf::from("/tmp/a b.db")
+        );
         assert_eq!(sqlite_file("./data/gw.db"), PathBuf::from("./data/gw.db"));
     }
 
     #[test]
     fn unsupported_urls_are_refused() {
-        for url in ["", ":memory:", "mysql://db/gw", "host=db port=5432 dbname=gw", "sqlite://"] {
+        for url in [
+            "",
+            ":memory:",
+            "mysql://db/gw",
+            "host=db port=5432 dbname=gw",
+            "sqlite://",
+        ] {
             assert!(Target::parse(url).is_err(), "{url:?} accepted");
         }
     }
