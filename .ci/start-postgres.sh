@@ -46,8 +46,15 @@ fi
 DATA="$PGTEST_DIR/data"
 running() { as_pg "$BINDIR/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
 
+answers() {
+    as_pg "$BINDIR/psql" -h 127.0.0.1 -p "$PGTEST_PORT" -U postgres -d postgres -tAc "SELECT 1" >/dev/null 2>&1
+}
+
 if [ -d "$DATA" ] && running; then
     log "already running in $PGTEST_DIR"
+elif answers; then
+    # Another throwaway server (trust auth) already holds the port: share it.
+    log "a PostgreSQL already answers on 127.0.0.1:$PGTEST_PORT; using it"
 else
     # Throwaway: a leftover directory from an earlier run is wiped.
     rm -rf "$PGTEST_DIR"
