@@ -78,10 +78,17 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     let config = Arc::new(config);
     let upstream_arbiter = Arbiter::new();
     let thoth = ThothPool::start(&config, &upstream_arbiter.handle())?;
+    let cipher = crypto::KeyCipher::from_base64(&config.api_key_encryption_key)?;
+    // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
+    let database_url = config.database_url.clone();
+    let database = web::block(move || db::Database::connect(&database_url)).await??;
+    log::info!("database: {} ({})", database.backend(), database.redacted_url());
+    let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
     let state = web::Data::new(AppState {
         jwt: JwtValidator::new(&config.jwt)?,
         sessions: SessionLimiter::new(config.max_sessions, config.max_sessions_per_user),
         thoth,
+        keys,
         config: config.clone(),
     });
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::gateway::limits::SessionLimiter;
+use crate::keys::ApiKeyStore;
 use crate::upstream::pool::ThothPool;
 
 /// The gateway's shared state, one per process.
@@ -13,4 +14,6 @@ pub struct AppState {
     pub jwt: JwtValidator,
     pub thoth: ThothPool,
     pub sessions: SessionLimiter,
+    /// Users' own upstream API keys, encrypted at rest.
+    pub keys: ApiKeyStore,
 }

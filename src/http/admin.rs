@@ -39,8 +39,8 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the process can serve; thoth's state is reported, not required,
-/// since a thoth socket only opens when a session needs one.
+/// Ready when the database answers. thoth's state is reported but not
+/// required: a thoth socket only opens when a session needs one.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let thoth: Vec<_> = state
         .thoth
@@ -49,5 +49,16 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|e| serde_json::json!({"url": e.url, "state": e.state, "refCount": e.ref_count}))
         .collect();
-    HttpResponse::Ok().json(serde_json::json!({"status": "ready", "thoth": thoth}))
+    let database = state.keys.database().clone();
+    let database_ok = matches!(web::block(move || database.ping()).await, Ok(Ok(())));
+    let body = serde_json::json!({
+        "status": if database_ok { "ready" } else { "unavailable" },
+        "database": if database_ok { "ok" } else { "unreachable" },
+        "thoth": thoth,
+    });
+    if database_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's single test command: formatting, lints, the whole test suite
+# (SQLite and a throwaway PostgreSQL), and a smoke run of the benchmark.
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ -z "${TEST_DATABASE_URL_PG:-}" ]; then
+    step "starting a throwaway PostgreSQL"
+    eval "$(bash .ci/start-postgres.sh)"
+    trap 'bash .ci/stop-postgres.sh >/dev/null 2>&1 || true' EXIT
+fi
+export TEST_DATABASE_URL_PG
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --all-targets
+cargo test --doc
