@@ -33,6 +33,10 @@ use crate::metrics;
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 const MISSED_PONGS_ALLOWED: u32 = 2;
 
+/// How often sessions whose ClientActor died without unsubscribing (e.g. it
+/// stopped while its subscription was in flight) are swept out.
+const DEAD_CLIENT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Bytes queued toward one thoth socket before it counts as stalled (thoth
 /// stopped reading): bounds the gateway's memory whatever thoth does.
 pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
@@ -581,6 +585,34 @@ impl ThothUpstreamActor {
         }
     }
 
+    /// Forgets sessions whose ClientActor is gone, so the reference count
+    /// cannot leak whatever path a client took out.
+    fn sweep_dead_clients(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<Uuid> = self
+            .sessions
+            .iter()
+            .filter(|(_, slot)| !slot.client.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for session_id in &dead {
+            if let Some(slot) = self.sessions.remove(session_id) {
+                if self.is_mux() && slot.phase != Phase::Waiting {
+                    self.send_command(MuxCommand::Cancel { session_id }, ctx);
+                }
+            }
+        }
+        log::info!(
+            "thoth {}: swept {} session(s) whose client was gone (refCount {})",
+            self.display_url,
+            dead.len(),
+            self.sessions.len()
+        );
+        self.sessions_changed(ctx);
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let Link::Open(socket) = &self.link else {
             return;
@@ -615,6 +647,9 @@ impl Actor for ThothUpstreamActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(PING_INTERVAL, |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(DEAD_CLIENT_SWEEP_INTERVAL, |act, ctx| {
+            act.sweep_dead_clients(ctx)
+        });
         self.set_link(Link::Down);
         metrics::THOTH_REF_COUNT
             .with_label_values(&[&self.display_url])

@@ -117,7 +117,10 @@ pub async fn connect(url: &str, auth: Auth<'_>, origin: Option<&str>) -> Connect
     if let Some(origin) = origin {
         request = request.origin(origin);
     }
-    let (response, framed) = request.connect().await.expect("websocket handshake");
+    let (response, framed) = request
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("websocket handshake to {url}: {e}"));
     let subprotocol = response
         .headers()
         .get("sec-websocket-protocol")
