@@ -525,28 +525,88 @@ async fn bad_input_gets_its_code_without_harming_other_sessions() {
 }
 
 #[actix_rt::test]
-async fn a_dropped_thoth_socket_ends_its_sessions_and_the_next_session_reconnects() {
+async fn a_dropped_thoth_socket_is_resumed_and_no_result_is_lost_or_repeated() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let gateway = start_gateway(&base_env(&thoth.url())).await;
     let mut a = open_session(&gateway, "a").await;
     let mut b = open_session(&gateway, "b").await;
+    // 1.5 s each: one final per session before the drop, half a second pending.
+    a.send_binary(f32_audio(0.25, 1.5)).await;
+    b.send_binary(f32_audio(0.5, 1.5)).await;
+    assert_eq!(
+        a.expect_type("transcription").await["data"],
+        expected_finals(0.25, 1)[0]
+    );
+    assert_eq!(
+        b.expect_type("transcription").await["data"],
+        expected_finals(0.5, 1)[0]
+    );
+
     thoth.drop_all_connections();
     for client in [&mut a, &mut b] {
-        let (messages, close) = client.until_close(Duration::from_secs(10)).await;
-        assert_eq!(messages.last().unwrap()["code"], "THOTH_UNAVAILABLE");
-        assert_eq!(close, Some(1011));
+        let notice = client.expect_type("error").await;
+        assert_eq!(notice["code"], "THOTH_RECONNECTING");
+        assert_eq!(notice["retryable"], true);
     }
-    assert_eq!(ref_count(&gateway).await, 0);
-    let mut c = open_session(&gateway, "c").await;
-    stream_then_end(&mut c, &f32_audio(0.5, 1.0)).await;
-    let (messages, _) = c.until_close(Duration::from_secs(10)).await;
+    // Audio sent during the outage is held and follows the replay.
+    a.send_binary(f32_audio(0.25, 1.5)).await;
+    b.send_binary(f32_audio(0.5, 1.5)).await;
+    a.send_json(json!({"type": "end"})).await;
+    b.send_json(json!({"type": "end"})).await;
+    for (client, level) in [(&mut a, 0.25), (&mut b, 0.5)] {
+        let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+        let finals: Vec<&Value> = messages
+            .iter()
+            .filter(|m| m["type"] == "transcription")
+            .collect();
+        let texts: Vec<String> = finals
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_string())
+            .collect();
+        // Seconds 1 and 2 after the resume, each exactly once, none repeated.
+        assert_eq!(texts, expected_finals(level, 3)[1..].to_vec());
+        assert_eq!(finals[0]["start"], 1.0);
+        assert_eq!(finals[1]["end"], 3.0);
+        let done = messages.last().unwrap();
+        assert_eq!(done["type"], "done");
+        assert_eq!(done["data"], expected_finals(level, 3).join(" "));
+        assert_eq!(close, Some(1000));
+    }
     assert_eq!(
-        texts_of(&messages, "transcription"),
-        expected_finals(0.5, 1)
+        thoth.stats().connections_accepted(),
+        2,
+        "one reconnect for both sessions"
     );
-    assert_eq!(thoth.stats().connections_accepted(), 2);
+    assert_eq!(pool_report(&gateway).await["thoth"][0]["reconnects"], 1);
     gateway.stop().await;
     thoth.stop();
+}
+
+#[actix_rt::test]
+async fn sessions_end_with_thoth_unavailable_when_thoth_does_not_come_back() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let mut env = base_env(&thoth.url());
+    env.insert("THOTH_RESUME_TIMEOUT_SECS".into(), "1".into());
+    let gateway = start_gateway(&env).await;
+    let mut a = open_session(&gateway, "a").await;
+    let mut b = open_session(&gateway, "b").await;
+    let started = std::time::Instant::now();
+    thoth.stop();
+    for client in [&mut a, &mut b] {
+        let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+        let codes: Vec<&str> = messages
+            .iter()
+            .map(|m| m["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, vec!["THOTH_RECONNECTING", "THOTH_UNAVAILABLE"]);
+        assert_eq!(close, Some(1011));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "within the resume timeout"
+    );
+    assert_eq!(ref_count(&gateway).await, 0);
+    gateway.stop().await;
 }
 
 #[actix_rt::test]

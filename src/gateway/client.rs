@@ -3,6 +3,7 @@
 //! and guarantees that however the session ends its upstream slot is freed.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +24,7 @@ use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
 use crate::upstream::{
-    EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink,
+    ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink,
 };
 
 /// The gateway pings the browser this often…
@@ -89,6 +90,8 @@ pub struct ClientActor {
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
     fragments: Option<Fragments>,
+    /// Upstream events queued for this actor and not handled yet.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl ClientActor {
@@ -110,6 +113,7 @@ impl ClientActor {
             started: now,
             expiry_timer: None,
             fragments: None,
+            backlog: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -486,10 +490,12 @@ impl Actor for ClientActor {
         if self.session.convert_to_f32 {
             upstream_format.encoding = crate::audio::Encoding::F32le;
         }
+        let (client, backlog) = ClientHandle::new(ctx.address().recipient());
+        self.backlog = backlog;
         let subscribe = Subscribe {
             session_id: self.session.session_id,
             format: upstream_format,
-            client: ctx.address().recipient(),
+            client,
         };
         let connector = self
             .connector
@@ -557,6 +563,7 @@ impl Handler<UpstreamEvent> for ClientActor {
     type Result = ();
 
     fn handle(&mut self, event: UpstreamEvent, ctx: &mut Self::Context) {
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
         if self.phase == Phase::Closed {
             return;
         }

@@ -7,7 +7,11 @@
 pub mod connect;
 pub mod mux_frame;
 pub mod pool;
+pub mod replay;
 pub mod thoth;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -44,7 +48,57 @@ pub enum UpstreamEvent {
 pub struct Subscribe {
     pub session_id: Uuid,
     pub format: AudioFormat,
-    pub client: Recipient<UpstreamEvent>,
+    pub client: ClientHandle,
+}
+
+/// Events a session's ClientActor may have waiting before its browser counts
+/// as stalled (it stopped reading, so its actor stopped running).
+pub const MAX_CLIENT_BACKLOG: usize = 1024;
+
+/// How an upstream reaches one session's ClientActor, with a bound on the
+/// events waiting for it: `Addr::do_send` ignores mailbox capacity, so the
+/// bound is kept here.
+#[derive(Clone)]
+pub struct ClientHandle {
+    recipient: Recipient<UpstreamEvent>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl ClientHandle {
+    /// The handle, and the counter the ClientActor decrements per event handled.
+    pub fn new(recipient: Recipient<UpstreamEvent>) -> (ClientHandle, Arc<AtomicUsize>) {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        (
+            ClientHandle {
+                recipient,
+                backlog: backlog.clone(),
+            },
+            backlog,
+        )
+    }
+
+    /// Queues an event; `false` when the client is stalled (the event is not
+    /// queued) — the caller then ends the session with [`Self::cut_off`].
+    #[must_use]
+    pub fn deliver(&self, event: UpstreamEvent) -> bool {
+        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENT_BACKLOG {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.recipient.do_send(event);
+        true
+    }
+
+    /// The session's last event, queued past the bound (one more at most).
+    pub fn cut_off(&self, event: UpstreamEvent) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.recipient.do_send(event);
+    }
+
+    /// Whether the ClientActor still runs.
+    pub fn connected(&self) -> bool {
+        self.recipient.connected()
+    }
 }
 
 /// A chunk of a session's audio, already in the upstream's encoding.

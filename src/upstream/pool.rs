@@ -43,6 +43,8 @@ impl ThothPool {
                     retry_base: config.thoth_retry_base,
                     legacy_flush_grace: config.legacy_flush_grace,
                     max_frame_bytes: config.max_frame_bytes,
+                    replay_max_secs: config.thoth_replay_max.as_secs(),
+                    resume_timeout: config.thoth_resume_timeout,
                 };
                 let ref_count = Arc::new(AtomicUsize::new(0));
                 let actor_ref_count = ref_count.clone();

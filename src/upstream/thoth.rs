@@ -4,6 +4,11 @@
 //! the first subscriber and closes `THOTH_IDLE_CLOSE_SECS` after the last one
 //! leaves. In `legacy` mode (3.2) the endpoint serves one session at a time on
 //! a socket of its own. The reference count is the number of sessions held.
+//!
+//! When a mux socket drops, its sessions are kept: they hear
+//! `THOTH_RECONNECTING`, the actor reconnects with backoff, and each session
+//! restarts at the end of its last final result with the audio thoth had not
+//! finished replayed first (see `replay.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +27,8 @@ use uuid::Uuid;
 
 use super::connect::{self, ConnectFailure, WsTarget};
 use super::mux_frame::{self, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
-use super::{EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
+use super::replay::ReplayBuffer;
+use super::{ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
 use crate::audio::AudioFormat;
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
@@ -36,6 +42,9 @@ const MISSED_PONGS_ALLOWED: u32 = 2;
 /// How often sessions whose ClientActor died without unsubscribing (e.g. it
 /// stopped while its subscription was in flight) are swept out.
 const DEAD_CLIENT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest pause between reconnection attempts while sessions wait to resume.
+const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Bytes queued toward one thoth socket before it counts as stalled (thoth
 /// stopped reading): bounds the gateway's memory whatever thoth does.
@@ -52,6 +61,10 @@ pub struct ThothEndpointConfig {
     pub retry_base: Duration,
     pub legacy_flush_grace: Duration,
     pub max_frame_bytes: usize,
+    /// Mux resume: audio kept per session, in seconds.
+    pub replay_max_secs: u64,
+    /// Mux resume: how long sessions wait for the socket to come back.
+    pub resume_timeout: Duration,
 }
 
 impl ThothEndpointConfig {
@@ -73,9 +86,13 @@ enum Phase {
 }
 
 struct SessionSlot {
-    client: Recipient<UpstreamEvent>,
+    client: ClientHandle,
     format: AudioFormat,
     phase: Phase,
+    /// Mux only: audio since the last final result, for resuming.
+    replay: Option<ReplayBuffer>,
+    /// Mux only: the socket dropped and this session waits to be re-opened.
+    resuming: bool,
 }
 
 /// An open socket: a bounded writer task and a reader stream on this actor.
@@ -160,6 +177,8 @@ pub struct ThothUpstreamActor {
     reconnects: u64,
     lost_unexpectedly: bool,
     last_error: Option<String>,
+    /// Set while sessions wait for a lost mux socket to come back.
+    resume_deadline: Option<Instant>,
 }
 
 impl ThothUpstreamActor {
@@ -176,11 +195,20 @@ impl ThothUpstreamActor {
             reconnects: 0,
             lost_unexpectedly: false,
             last_error: None,
+            resume_deadline: None,
         }
     }
 
     fn is_mux(&self) -> bool {
         self.config.protocol == ThothProtocol::Mux
+    }
+
+    fn session_ids(&self, wanted: impl Fn(&SessionSlot) -> bool) -> Vec<Uuid> {
+        self.sessions
+            .iter()
+            .filter(|(_, slot)| wanted(slot))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     // ---- reference count ------------------------------------------------
@@ -286,17 +314,7 @@ impl ThothUpstreamActor {
         }
         let connected = match result {
             Ok(connected) => connected,
-            Err(failure) => {
-                let error = match failure {
-                    ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
-                    _ => GatewayError::new(ErrorCode::ThothUnavailable),
-                };
-                log::error!("thoth {}: giving up: {failure}", self.display_url);
-                self.last_error = Some(failure.to_string());
-                self.set_link(Link::Down);
-                self.fail_all(error, ctx);
-                return;
-            }
+            Err(failure) => return self.on_connect_failure(failure, ctx),
         };
         if self.is_mux() && connected.subprotocol.as_deref() != Some(MUX_SUBPROTOCOL) {
             let problem = format!(
@@ -305,6 +323,7 @@ impl ThothUpstreamActor {
             log::error!("thoth {}: configuration error: {problem}", self.display_url);
             self.last_error = Some(problem);
             self.set_link(Link::Down);
+            self.resume_deadline = None;
             self.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
             return;
         }
@@ -321,17 +340,42 @@ impl ThothUpstreamActor {
             self.display_url,
             self.sessions.len()
         );
-        let waiting: Vec<Uuid> = self
-            .sessions
-            .iter()
-            .filter(|(_, slot)| slot.phase == Phase::Waiting)
-            .map(|(id, _)| *id)
-            .collect();
-        for session_id in waiting {
-            self.start_session(session_id);
+        for session_id in self.session_ids(|slot| slot.resuming) {
+            self.resume_session(session_id, ctx);
+        }
+        self.resume_deadline = None;
+        for session_id in self.session_ids(|slot| slot.phase == Phase::Waiting) {
+            self.start_session(session_id, ctx);
         }
         // Everyone may have left while we were connecting.
         self.sessions_changed(ctx);
+    }
+
+    fn on_connect_failure(&mut self, failure: ConnectFailure, ctx: &mut Context<Self>) {
+        self.last_error = Some(failure.to_string());
+        self.set_link(Link::Down);
+        let resuming = self.resume_deadline.is_some_and(|d| Instant::now() < d);
+        if resuming && matches!(failure, ConnectFailure::Unreachable(_)) {
+            // Sessions wait to resume: keep trying until their deadline.
+            let pause = (self.config.retry_base * 4).min(MAX_RESUME_BACKOFF);
+            log::warn!(
+                "thoth {}: still unreachable, retrying in {pause:?}",
+                self.display_url
+            );
+            ctx.run_later(pause, |act, ctx| {
+                if matches!(act.link, Link::Down) && !act.sessions.is_empty() {
+                    act.connect(ctx);
+                }
+            });
+            return;
+        }
+        let error = match failure {
+            ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
+            _ => GatewayError::new(ErrorCode::ThothUnavailable),
+        };
+        log::error!("thoth {}: giving up: {failure}", self.display_url);
+        self.resume_deadline = None;
+        self.fail_all(error, ctx);
     }
 
     /// Splits the socket: a writer task drains a queue into it (batching
@@ -402,23 +446,83 @@ impl ThothUpstreamActor {
         self.send(WsMessage::Text(text.into()), ctx);
     }
 
-    fn start_session(&mut self, session_id: Uuid) {
+    fn start_session(&mut self, session_id: Uuid, ctx: &mut Context<Self>) {
         let Some(slot) = self.sessions.get_mut(&session_id) else {
             return;
         };
         slot.phase = Phase::Streaming;
         let format = slot.format;
-        let client = slot.client.clone();
         if self.is_mux() {
-            // Cannot go through `send` (needs ctx); the queue bound is checked
-            // on audio, which dwarfs control frames.
-            if let Link::Open(socket) = &self.link {
-                let text = MuxCommand::start(&session_id, format, 0).to_json();
-                socket.queued_bytes.fetch_add(text.len(), Ordering::Relaxed);
-                let _ = socket.outbound.send(WsMessage::Text(text.into()));
-            }
+            self.send_command(MuxCommand::start(&session_id, format, 0), ctx);
         }
-        client.do_send(UpstreamEvent::Ready);
+        self.notify(session_id, UpstreamEvent::Ready, ctx);
+    }
+
+    /// Re-opens a session on a new socket at the end of its last final result
+    /// and replays the audio thoth had not finished, before any new audio.
+    fn resume_session(&mut self, session_id: Uuid, ctx: &mut Context<Self>) {
+        let Some(slot) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        slot.resuming = false;
+        let Some(replay) = slot.replay.as_ref().filter(|r| r.resumable()) else {
+            log::warn!(
+                "thoth {}: session {session_id} lost audio beyond its replay buffer",
+                self.display_url
+            );
+            let error = GatewayError::new(ErrorCode::ThothUnavailable);
+            return self.finish_session(session_id, UpstreamEvent::Failed(error), ctx);
+        };
+        let offset_ms = replay.resume_offset_ms();
+        let frames: Vec<Bytes> = replay
+            .chunks()
+            .map(|chunk| mux_frame::audio_frame(&session_id, chunk))
+            .collect();
+        let (format, ending) = (slot.format, slot.phase == Phase::Ending);
+        self.send_command(MuxCommand::start(&session_id, format, offset_ms), ctx);
+        for frame in frames {
+            self.send(WsMessage::Binary(frame), ctx);
+        }
+        if ending {
+            self.send_command(
+                MuxCommand::End {
+                    session_id: &session_id,
+                },
+                ctx,
+            );
+        }
+    }
+
+    /// Delivers an event to a session's client. A client too far behind (its
+    /// browser stopped reading, so its actor stopped running) is cut off
+    /// instead of queued for without bound.
+    fn notify(&mut self, session_id: Uuid, event: UpstreamEvent, ctx: &mut Context<Self>) {
+        let Some(slot) = self.sessions.get(&session_id) else {
+            return;
+        };
+        if slot.client.deliver(event) {
+            return;
+        }
+        log::warn!(
+            "thoth {}: session {session_id} is not reading its results; cutting it off",
+            self.display_url
+        );
+        if let Some(slot) = self.sessions.remove(&session_id) {
+            self.cancel_upstream(&session_id, &slot, ctx);
+            slot.client
+                .cut_off(UpstreamEvent::Failed(GatewayError::with_message(
+                    ErrorCode::RateLimited,
+                    "The browser is not reading transcription results; session closed",
+                )));
+        }
+        self.sessions_changed(ctx);
+    }
+
+    /// Tells thoth to discard a session it knows of.
+    fn cancel_upstream(&mut self, session_id: &Uuid, slot: &SessionSlot, ctx: &mut Context<Self>) {
+        if self.is_mux() && slot.phase != Phase::Waiting && !slot.resuming {
+            self.send_command(MuxCommand::Cancel { session_id }, ctx);
+        }
     }
 
     // ---- ending ---------------------------------------------------------
@@ -426,7 +530,7 @@ impl ThothUpstreamActor {
     /// Ends one session and tells its client how.
     fn finish_session(&mut self, session_id: Uuid, event: UpstreamEvent, ctx: &mut Context<Self>) {
         if let Some(slot) = self.sessions.remove(&session_id) {
-            slot.client.do_send(event);
+            slot.client.cut_off(event);
             log::info!(
                 "thoth {}: session {session_id} finished (refCount {})",
                 self.display_url,
@@ -438,8 +542,13 @@ impl ThothUpstreamActor {
 
     /// Ends every session with `error` and drops the socket.
     fn fail_all(&mut self, error: GatewayError, ctx: &mut Context<Self>) {
+        log::debug!(
+            "thoth {}: ending all {} session(s): {error}",
+            self.display_url,
+            self.sessions.len()
+        );
         for (_, slot) in self.sessions.drain() {
-            slot.client.do_send(UpstreamEvent::Failed(error.clone()));
+            slot.client.cut_off(UpstreamEvent::Failed(error.clone()));
         }
         self.sessions_changed(ctx);
         self.close_link(ctx, CloseCode::Away);
@@ -457,7 +566,8 @@ impl ThothUpstreamActor {
         self.set_link(Link::Down);
     }
 
-    /// The socket died under us (closed, errored, stalled, no pongs).
+    /// The socket died under us (closed, errored, stalled, no pongs). Mux
+    /// sessions are kept and resumed on a new socket; legacy ones end.
     fn link_lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
         if matches!(self.link, Link::Down) {
             return;
@@ -470,9 +580,40 @@ impl ThothUpstreamActor {
         self.last_error = Some(reason.to_string());
         self.lost_unexpectedly = true;
         self.close_link(ctx, CloseCode::Away);
-        // Resume is a later step; for now every session on the socket ends
-        // cleanly and the next subscriber opens a fresh socket.
-        self.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+        if !self.is_mux() || self.sessions.is_empty() {
+            self.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+            return;
+        }
+        for session_id in self.session_ids(|slot| slot.phase != Phase::Waiting) {
+            if let Some(slot) = self.sessions.get_mut(&session_id) {
+                slot.resuming = true;
+            }
+            let notice = UpstreamEvent::Notice(GatewayError::new(ErrorCode::ThothReconnecting));
+            self.notify(session_id, notice, ctx);
+        }
+        let timeout = self.config.resume_timeout;
+        log::debug!("thoth {}: resuming within {timeout:?}", self.display_url);
+        self.resume_deadline = Some(Instant::now() + timeout);
+        ctx.run_later(timeout, |act, ctx| act.resume_timed_out(ctx));
+        self.connect(ctx);
+    }
+
+    /// Sessions still waiting `THOTH_RESUME_TIMEOUT_SECS` after the drop end.
+    fn resume_timed_out(&mut self, ctx: &mut Context<Self>) {
+        let overdue = self.session_ids(|slot| slot.resuming);
+        if overdue.is_empty() {
+            return;
+        }
+        log::warn!(
+            "thoth {}: {} session(s) could not be resumed in time",
+            self.display_url,
+            overdue.len()
+        );
+        self.resume_deadline = None;
+        for session_id in overdue {
+            let error = GatewayError::new(ErrorCode::ThothUnavailable);
+            self.finish_session(session_id, UpstreamEvent::Failed(error), ctx);
+        }
     }
 
     // ---- receiving ------------------------------------------------------
@@ -481,7 +622,7 @@ impl ThothUpstreamActor {
         if self.is_mux() {
             self.on_mux_text(text, ctx);
         } else {
-            self.on_legacy_text(text);
+            self.on_legacy_text(text, ctx);
         }
     }
 
@@ -500,18 +641,25 @@ impl ThothUpstreamActor {
                 is_final,
                 start,
                 end,
-            } => match self.sessions.get(&session_id) {
-                Some(slot) => slot.client.do_send(UpstreamEvent::Transcript {
+            } => {
+                let Some(slot) = self.sessions.get_mut(&session_id) else {
+                    log::debug!(
+                        "thoth {}: result for unknown session {session_id}",
+                        self.display_url
+                    );
+                    return;
+                };
+                if let (true, Some(replay), Some(end)) = (is_final, slot.replay.as_mut(), end) {
+                    replay.confirm(end);
+                }
+                let event = UpstreamEvent::Transcript {
                     text,
                     is_final,
                     start,
                     end,
-                }),
-                None => log::debug!(
-                    "thoth {}: result for unknown session {session_id}",
-                    self.display_url
-                ),
-            },
+                };
+                self.notify(session_id, event, ctx);
+            }
             MuxEvent::SessionDone { session_id } => {
                 self.finish_session(session_id, UpstreamEvent::Done, ctx)
             }
@@ -537,7 +685,7 @@ impl ThothUpstreamActor {
         }
     }
 
-    fn on_legacy_text(&mut self, text: &str) {
+    fn on_legacy_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         #[derive(serde::Deserialize)]
         struct LegacyResult {
             transcription: String,
@@ -550,13 +698,14 @@ impl ThothUpstreamActor {
             return;
         };
         // A legacy endpoint carries at most one session.
-        if let Some(slot) = self.sessions.values().next() {
-            slot.client.do_send(UpstreamEvent::Transcript {
+        if let Some(session_id) = self.sessions.keys().next().copied() {
+            let event = UpstreamEvent::Transcript {
                 text: result.transcription,
                 is_final: true,
                 start: None,
                 end: None,
-            });
+            };
+            self.notify(session_id, event, ctx);
         }
     }
 
@@ -588,20 +737,13 @@ impl ThothUpstreamActor {
     /// Forgets sessions whose ClientActor is gone, so the reference count
     /// cannot leak whatever path a client took out.
     fn sweep_dead_clients(&mut self, ctx: &mut Context<Self>) {
-        let dead: Vec<Uuid> = self
-            .sessions
-            .iter()
-            .filter(|(_, slot)| !slot.client.connected())
-            .map(|(id, _)| *id)
-            .collect();
+        let dead = self.session_ids(|slot| !slot.client.connected());
         if dead.is_empty() {
             return;
         }
         for session_id in &dead {
             if let Some(slot) = self.sessions.remove(session_id) {
-                if self.is_mux() && slot.phase != Phase::Waiting {
-                    self.send_command(MuxCommand::Cancel { session_id }, ctx);
-                }
+                self.cancel_upstream(session_id, &slot, ctx);
             }
         }
         log::info!(
@@ -664,12 +806,17 @@ impl Handler<Subscribe> for ThothUpstreamActor {
         if !self.is_mux() && !self.sessions.is_empty() {
             return Err(GatewayError::new(ErrorCode::ThothBusy));
         }
+        let replay = self
+            .is_mux()
+            .then(|| ReplayBuffer::new(msg.format, self.config.replay_max_secs));
         self.sessions.insert(
             msg.session_id,
             SessionSlot {
                 client: msg.client,
                 format: msg.format,
                 phase: Phase::Waiting,
+                replay,
+                resuming: false,
             },
         );
         log::info!(
@@ -680,7 +827,7 @@ impl Handler<Subscribe> for ThothUpstreamActor {
         );
         self.sessions_changed(ctx);
         match self.link {
-            Link::Open(_) => self.start_session(msg.session_id),
+            Link::Open(_) => self.start_session(msg.session_id, ctx),
             Link::Down => self.connect(ctx),
             Link::Connecting { .. } => {}
         }
@@ -692,9 +839,22 @@ impl Handler<SessionAudio> for ThothUpstreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionAudio, ctx: &mut Context<Self>) {
-        match self.sessions.get(&msg.session_id) {
-            Some(slot) if slot.phase == Phase::Streaming => {}
-            _ => return, // not started, ending, or gone: the ClientActor never sends then
+        let Some(slot) = self.sessions.get_mut(&msg.session_id) else {
+            return; // gone: the ClientActor learns why from its own events
+        };
+        if slot.phase != Phase::Streaming {
+            return; // not started, or ending: the ClientActor never sends then
+        }
+        if let Some(replay) = slot.replay.as_mut() {
+            replay.push(msg.audio.clone());
+            if slot.resuming {
+                // Held for the resumed session, within the same bound.
+                if !replay.resumable() {
+                    let error = GatewayError::new(ErrorCode::ThothUnavailable);
+                    self.finish_session(msg.session_id, UpstreamEvent::Failed(error), ctx);
+                }
+                return;
+            }
         }
         let frame = if self.is_mux() {
             mux_frame::audio_frame(&msg.session_id, &msg.audio)
@@ -718,6 +878,9 @@ impl Handler<EndSession> for ThothUpstreamActor {
         }
         slot.phase = Phase::Ending;
         let session_id = msg.session_id;
+        if slot.resuming {
+            return; // `session.end` follows the replay once the socket is back
+        }
         if self.is_mux() {
             self.send_command(
                 MuxCommand::End {
@@ -741,14 +904,7 @@ impl Handler<Unsubscribe> for ThothUpstreamActor {
         let Some(slot) = self.sessions.remove(&msg.session_id) else {
             return;
         };
-        if self.is_mux() && slot.phase != Phase::Waiting {
-            self.send_command(
-                MuxCommand::Cancel {
-                    session_id: &msg.session_id,
-                },
-                ctx,
-            );
-        }
+        self.cancel_upstream(&msg.session_id, &slot, ctx);
         log::info!(
             "thoth {}: session {} unsubscribed (refCount {})",
             self.display_url,

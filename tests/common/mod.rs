@@ -45,6 +45,7 @@ pub fn base_env(thoth_url: &str) -> HashMap<String, String> {
 }
 
 pub async fn start_gateway(env: &HashMap<String, String>) -> RunningGateway {
+    let _ = env_logger::builder().is_test(true).try_init();
     let config = Config::from_map(env).expect("test config is valid");
     chronus_gateway::start(config)
         .await
