@@ -112,7 +112,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 "mux protocol v1"
             },
         );
-        gateway.wait().await?;
+        gateway.serve_until_signal().await?;
         thoth.stop();
         Ok(())
     })

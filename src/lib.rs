@@ -46,23 +46,44 @@ pub struct RunningGateway {
     public: ServerHandle,
     admin: ServerHandle,
     upstream_arbiter: Arbiter,
-    servers: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl RunningGateway {
-    /// Stops both listeners and the upstream actors.
+    /// Stops both listeners and the upstream actors at once.
     pub async fn stop(self) {
-        self.public.stop(true).await;
-        self.admin.stop(true).await;
+        self.public.stop(false).await;
+        self.admin.stop(false).await;
         self.upstream_arbiter.stop();
     }
 
-    /// Resolves when both servers have stopped (e.g. after SIGTERM).
-    pub async fn wait(self) -> std::io::Result<()> {
-        for server in self.servers {
-            server.await.map_err(std::io::Error::other)??;
-        }
+    /// Graceful drain: stop accepting, tell every session
+    /// `SERVER_SHUTTING_DOWN` (1012) — except those that sent `end`, which get
+    /// up to `SHUTDOWN_GRACE_SECS` for their `done` — then close the upstreams.
+    pub async fn drain(self) {
+        log::info!(
+            "draining: {} session(s) open, grace {:?}",
+            self.state.sessions.total(),
+            self.state.config.shutdown_grace
+        );
+        let _ = self.shutdown.send(true);
+        // Stops accepting now; waits for open connections up to the server's
+        // shutdown timeout (the grace plus a moment for the last close frames).
+        self.public.stop(true).await;
+        self.admin.stop(true).await;
         self.upstream_arbiter.stop();
+        log::info!("drained");
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains.
+    pub async fn serve_until_signal(self) -> std::io::Result<()> {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = terminate.recv() => log::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
+        }
+        self.drain().await;
         Ok(())
     }
 }
@@ -88,7 +109,9 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         database.redacted_url()
     );
     let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
+    let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
     let state = web::Data::new(AppState {
+        shutdown: shutdown_signal,
         jwt: JwtValidator::new(&config.jwt)?,
         sessions: SessionLimiter::new(config.max_sessions, config.max_sessions_per_user),
         thoth,
@@ -106,10 +129,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
                 web::get().to(gateway::routes::transcribe),
             )
     })
-    .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
+    .shutdown_timeout(config.shutdown_grace.as_secs() + 2)
+    .disable_signals()
     .bind(config.bind_addr)?;
     let public_addr = public.addrs()[0];
-    let public = public.run();
+    let public_server = public.run();
 
     let admin_state = state.clone();
     let admin = HttpServer::new(move || {
@@ -118,18 +142,24 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
             .configure(http::admin::routes)
     })
     .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
     .bind(config.admin_bind_addr)?;
     let admin_addr = admin.addrs()[0];
-    let admin = admin.run();
+    let admin_server = admin.run();
 
+    let (public, admin) = (public_server.handle(), admin_server.handle());
+    // The servers run until their handles stop them.
+    actix_rt::spawn(public_server);
+    actix_rt::spawn(admin_server);
     log::info!("public listener on {public_addr}, admin listener on {admin_addr}");
     Ok(RunningGateway {
         public_addr,
         admin_addr,
         state,
-        public: public.handle(),
-        admin: admin.handle(),
+        public,
+        admin,
         upstream_arbiter,
-        servers: vec![actix_rt::spawn(public), actix_rt::spawn(admin)],
+        shutdown,
     })
 }

@@ -50,8 +50,7 @@ fn serve() -> Result<(), Box<dyn std::error::Error>> {
     log::info!("starting with {config:?}");
     actix_rt::System::new().block_on(async move {
         let gateway = chronus_gateway::start(config).await?;
-        gateway.wait().await?;
-        log::info!("stopped");
+        gateway.serve_until_signal().await?;
         Ok(())
     })
 }

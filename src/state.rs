@@ -16,4 +16,6 @@ pub struct AppState {
     pub sessions: SessionLimiter,
     /// Users' own upstream API keys, encrypted at rest.
     pub keys: ApiKeyStore,
+    /// Turns `true` when the gateway starts draining (SIGTERM).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -388,6 +388,19 @@ impl ClientActor {
         }
     }
 
+    /// The gateway is shutting down. A session that already sent `end` gets
+    /// the grace period to receive its `done`; every other one is told now.
+    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.phase == Phase::Ending {
+            let grace = self.config().shutdown_grace;
+            ctx.run_later(grace, |act, ctx| {
+                act.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx)
+            });
+        } else {
+            self.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx);
+        }
+    }
+
     // ---- events from the upstream --------------------------------------------
 
     fn on_ready(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -473,6 +486,15 @@ impl Actor for ClientActor {
         );
         self.schedule_expiry(ctx);
         self.schedule_idle_check(self.config().idle_timeout, ctx);
+        let mut shutdown = self.session.state.shutdown.clone();
+        ctx.spawn(
+            async move {
+                // An error means the gateway itself is gone: drain as well.
+                let _ = shutdown.wait_for(|draining| *draining).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.drain(ctx)),
+        );
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
                 log::info!(

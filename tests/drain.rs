@@ -1,0 +1,116 @@
+//! Graceful drain, with a real SIGTERM to a real gateway process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
+use common::*;
+use serde_json::json;
+
+/// Kills the gateway process even when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_rt::test]
+async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
+    // Legacy mode makes `end` take LEGACY_FLUSH_GRACE_MS, so the ending
+    // session is still waiting for `done` when the signal arrives.
+    let thoth_a = DevThoth::start(DevThothOptions::default()).unwrap();
+    let thoth_b = DevThoth::start(DevThothOptions::default()).unwrap();
+    let mut env = base_env(&format!("{},{}", thoth_a.url(), thoth_b.url()));
+    env.insert("THOTH_PROTOCOL".into(), "legacy".into());
+    env.insert("LEGACY_FLUSH_GRACE_MS".into(), "1500".into());
+    env.insert("SHUTDOWN_GRACE_SECS".into(), "4".into());
+    env.insert("RUST_LOG".into(), "info".into());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronus-gateway"))
+        .env_clear()
+        .envs(&env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gateway binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let public_addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway logs its address");
+        if let Some(rest) = line.split("public listener on ").nth(1) {
+            break rest.split([' ', ',']).next().unwrap().to_string();
+        }
+    };
+    let url = format!("ws://{public_addr}/api/audio/transcribe");
+
+    let streaming_token = token_for("streaming");
+    let mut streaming = connect(&url, Auth::Query(&streaming_token), None)
+        .await
+        .client;
+    streaming.expect_type("ready").await;
+    let ending_token = token_for("ending");
+    let mut ending = connect(&url, Auth::Query(&ending_token), None).await.client;
+    ending.expect_type("ready").await;
+    ending.send_binary(f32_audio(0.5, 1.0)).await;
+    ending.expect_type("transcription").await;
+    ending.send_json(json!({"type": "end"})).await;
+    streaming.send_binary(f32_audio(0.25, 0.5)).await;
+
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (messages, close) = streaming.until_close(Duration::from_secs(5)).await;
+    assert_eq!(messages.last().unwrap()["code"], "SERVER_SHUTTING_DOWN");
+    assert_eq!(messages.last().unwrap()["retryable"], true);
+    assert_eq!(close, Some(1012));
+
+    let (messages, close) = ending.until_close(Duration::from_secs(6)).await;
+    assert_eq!(messages.last().unwrap()["type"], "done", "{messages:?}");
+    assert_eq!(close, Some(1000));
+
+    // No new sessions while draining.
+    let refused = awc::Client::new().ws(url.as_str()).connect().await;
+    assert!(refused.is_err(), "the listener is closed during the drain");
+
+    // The process exits 0 once drained, within the grace period.
+    let exit = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "gateway did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let mut log = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        log.push(line);
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("draining: 2 session(s) open")),
+        "{log:?}"
+    );
+    thoth_a.stop();
+    thoth_b.stop();
+}
