@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,12 +51,15 @@ fn nginx_or_skip() -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "CI is set but no nginx binary was found: run scripts/install-test-deps.sh first"
         );
-        eprintln!(
+        let note = format!(
             "\n**********************************************************************\n\
              SKIP nginx_scaling: no `nginx` binary on PATH or in {NGINX_FALLBACK_PATHS:?}.\n\
              Install it with `sudo bash scripts/install-test-deps.sh` to run this test.\n\
              **********************************************************************\n"
         );
+        // Straight to stderr: the test harness captures eprintln! of a
+        // passing test, and this note must be seen.
+        let _ = std::io::stderr().write_all(note.as_bytes());
     }
     found
 }
