@@ -35,6 +35,20 @@ use crate::gateway::limits::SessionLimiter;
 use crate::state::AppState;
 use crate::upstream::pool::ThothPool;
 
+/// A browser connection whose sent data stays unacknowledged this long (it
+/// stopped reading, or vanished) is aborted by the kernel: without it a
+/// non-reading peer could hold its session forever.
+const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sets `TCP_USER_TIMEOUT` on each accepted browser connection.
+fn on_browser_connect(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+            log::debug!("cannot set TCP_USER_TIMEOUT: {e}");
+        }
+    }
+}
+
 /// Access log without query strings: they may carry tokens.
 const ACCESS_LOG_FORMAT: &str = "%{r}a %{method}xi %U %s %b %Dms";
 
@@ -129,6 +143,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
                 web::get().to(gateway::routes::transcribe),
             )
     })
+    .on_connect(on_browser_connect)
     .shutdown_timeout(config.shutdown_grace.as_secs() + 2)
     .disable_signals()
     .bind(config.bind_addr)?;

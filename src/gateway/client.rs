@@ -19,6 +19,7 @@ use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::limits::SessionPermit;
+use crate::gateway::outbound::OutboundQueue;
 use crate::gateway::rate::AudioRateLimiter;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
@@ -92,10 +93,18 @@ pub struct ClientActor {
     fragments: Option<Fragments>,
     /// Upstream events queued for this actor and not handled yet.
     backlog: Arc<AtomicUsize>,
+    /// Frames written to the browser and not yet taken by the server.
+    outbound: OutboundQueue,
 }
 
 impl ClientActor {
-    pub fn new(session: ClientSession, connector: UpstreamConnector) -> Self {
+    /// `taken` counts the bytes the server takes from this session's
+    /// response stream (see [`crate::gateway::outbound::CountedStream`]).
+    pub fn new(
+        session: ClientSession,
+        connector: UpstreamConnector,
+        taken: Arc<AtomicUsize>,
+    ) -> Self {
         let now = Instant::now();
         ClientActor {
             id_text: session.session_id.to_string(),
@@ -114,6 +123,7 @@ impl ClientActor {
             expiry_timer: None,
             fragments: None,
             backlog: Arc::new(AtomicUsize::new(0)),
+            outbound: OutboundQueue::new(taken),
         }
     }
 
@@ -127,7 +137,19 @@ impl ClientActor {
 
     // ---- writing to the browser ------------------------------------------
 
-    fn send_text(&self, text: String, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Writes a frame to the browser, unless the browser stopped reading: a
+    /// queue over its bound closes the session instead of growing.
+    fn send_text(&mut self, text: String, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.outbound.push(text.len()) {
+            log::warn!(
+                "session {}: browser not reading ({} bytes waiting); closing",
+                self.id_text,
+                self.outbound.queued()
+            );
+            self.phase = Phase::Closed;
+            ctx.stop();
+            return;
+        }
         metrics::GATEWAY_TO_CLIENT.record(text.len());
         ctx.text(text);
     }

@@ -4,5 +4,6 @@
 pub mod admission;
 pub mod client;
 pub mod limits;
+pub mod outbound;
 pub mod rate;
 pub mod routes;

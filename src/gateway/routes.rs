@@ -1,6 +1,8 @@
 //! `GET /api/audio/transcribe`: admission, query parsing, then a ClientActor.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -15,6 +17,7 @@ use crate::gateway::admission::{
     SELECTABLE_SUBPROTOCOLS,
 };
 use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
+use crate::gateway::outbound::CountedStream;
 use crate::protocol::Provider;
 use crate::state::AppState;
 
@@ -130,10 +133,14 @@ pub async fn transcribe(
         state: state.clone().into_inner(),
         permit: admitted.permit,
     };
-    ws::WsResponseBuilder::new(ClientActor::new(session, connector), &req, payload)
-        .codec(actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes))
-        .protocols(SELECTABLE_SUBPROTOCOLS)
-        .start()
+    // Built by hand rather than with `WsResponseBuilder` so the response
+    // stream can count what the browser takes (the write-queue bound).
+    let taken = Arc::new(AtomicUsize::new(0));
+    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
+    let actor = ClientActor::new(session, connector, taken.clone());
+    let frames = ws::WebsocketContext::with_codec(actor, payload, codec);
+    Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
+        .streaming(CountedStream::new(frames, taken)))
 }
 
 #[cfg(test)]

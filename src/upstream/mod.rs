@@ -95,6 +95,11 @@ impl ClientHandle {
         self.recipient.do_send(event);
     }
 
+    /// Events queued for the ClientActor and not handled yet.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
     /// Whether the ClientActor still runs.
     pub fn connected(&self) -> bool {
         self.recipient.connected()

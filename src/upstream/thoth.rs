@@ -43,6 +43,13 @@ const MISSED_PONGS_ALLOWED: u32 = 2;
 /// stopped while its subscription was in flight) are swept out.
 const DEAD_CLIENT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A session whose browser has not consumed a single result for this long is
+/// cut off, freeing its place on the shared socket.
+pub const CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A closing socket's writer must be done by then, or it is dropped.
+const WRITER_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Longest pause between reconnection attempts while sessions wait to resume.
 const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -93,6 +100,35 @@ struct SessionSlot {
     replay: Option<ReplayBuffer>,
     /// Mux only: the socket dropped and this session waits to be re-opened.
     resuming: bool,
+    /// Watches the client's event backlog for a browser that stopped reading.
+    stall: StallWatch,
+}
+
+/// A ClientActor whose browser stops reading stops running (actix polls it
+/// only while the socket takes writes), so its backlog stops shrinking.
+struct StallWatch {
+    last_backlog: usize,
+    since: Instant,
+}
+
+impl StallWatch {
+    fn new() -> Self {
+        StallWatch {
+            last_backlog: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether `backlog` has been waiting, never shrinking, for `limit`.
+    fn stalled(&mut self, backlog: usize, limit: Duration) -> bool {
+        let progressed = backlog == 0 || backlog < self.last_backlog;
+        self.last_backlog = backlog;
+        if progressed {
+            self.since = Instant::now();
+            return false;
+        }
+        self.since.elapsed() >= limit
+    }
 }
 
 /// An open socket: a bounded writer task and a reader stream on this actor.
@@ -102,6 +138,8 @@ struct OpenSocket {
     /// Bytes handed to the writer and not yet written to the socket.
     queued_bytes: Arc<AtomicUsize>,
     reader: SpawnHandle,
+    /// Owns the socket's write half; aborted if it cannot finish closing.
+    writer: actix_rt::task::JoinHandle<()>,
     since: DateTime<Utc>,
     last_pong: Instant,
 }
@@ -386,7 +424,7 @@ impl ThothUpstreamActor {
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let writer_bytes = queued_bytes.clone();
         let actor = ctx.address();
-        actix_rt::spawn(async move {
+        let writer = actix_rt::spawn(async move {
             let result: Result<(), actix_http::ws::ProtocolError> = async {
                 while let Some(first) = queue.recv().await {
                     writer_bytes.fetch_sub(message_len(&first), Ordering::Relaxed);
@@ -417,6 +455,7 @@ impl ThothUpstreamActor {
             outbound,
             queued_bytes,
             reader,
+            writer,
             since: Utc::now(),
             last_pong: Instant::now(),
         }));
@@ -560,7 +599,14 @@ impl ThothUpstreamActor {
             let _ = socket
                 .outbound
                 .send(WsMessage::Close(Some(CloseReason::from(code))));
-            // Dropping the sender lets the writer close the socket and end.
+            // Dropping the sender lets the writer flush, close and end. A peer
+            // that stopped reading would keep it (and its queue) forever, so
+            // it gets a deadline.
+            let writer = socket.writer;
+            actix_rt::spawn(async move {
+                actix_rt::time::sleep(WRITER_CLOSE_DEADLINE).await;
+                writer.abort();
+            });
         }
         self.generation += 1;
         self.set_link(Link::Down);
@@ -735,8 +781,31 @@ impl ThothUpstreamActor {
     }
 
     /// Forgets sessions whose ClientActor is gone, so the reference count
-    /// cannot leak whatever path a client took out.
-    fn sweep_dead_clients(&mut self, ctx: &mut Context<Self>) {
+    /// cannot leak whatever path a client took out, and cuts off sessions
+    /// whose browser stopped reading its results.
+    fn sweep_clients(&mut self, ctx: &mut Context<Self>) {
+        let stalled: Vec<Uuid> = self
+            .sessions
+            .iter_mut()
+            .filter_map(|(id, slot)| {
+                let backlog = slot.client.backlog();
+                slot.stall
+                    .stalled(backlog, CLIENT_STALL_TIMEOUT)
+                    .then_some(*id)
+            })
+            .collect();
+        for session_id in stalled {
+            log::warn!(
+                "thoth {}: session {session_id} has not read its results for {CLIENT_STALL_TIMEOUT:?}; cutting it off",
+                self.display_url
+            );
+            if let Some(slot) = self.sessions.remove(&session_id) {
+                self.cancel_upstream(&session_id, &slot, ctx);
+                slot.client
+                    .cut_off(UpstreamEvent::Failed(stalled_client_error()));
+            }
+            self.sessions_changed(ctx);
+        }
         let dead = self.session_ids(|slot| !slot.client.connected());
         if dead.is_empty() {
             return;
@@ -767,6 +836,15 @@ impl ThothUpstreamActor {
     }
 }
 
+/// What a session whose browser stopped reading is told (should it ever read
+/// again): it went over the flow-control bound.
+fn stalled_client_error() -> GatewayError {
+    GatewayError::with_message(
+        ErrorCode::RateLimited,
+        "The browser is not reading transcription results; session closed",
+    )
+}
+
 /// Thoth's per-session error codes, as the browser sees them (PROTOCOL.md 3.1).
 pub fn map_thoth_error(code: &str) -> ErrorCode {
     match code {
@@ -790,7 +868,7 @@ impl Actor for ThothUpstreamActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(PING_INTERVAL, |act, ctx| act.heartbeat(ctx));
         ctx.run_interval(DEAD_CLIENT_SWEEP_INTERVAL, |act, ctx| {
-            act.sweep_dead_clients(ctx)
+            act.sweep_clients(ctx)
         });
         self.set_link(Link::Down);
         metrics::THOTH_REF_COUNT
@@ -817,6 +895,7 @@ impl Handler<Subscribe> for ThothUpstreamActor {
                 phase: Phase::Waiting,
                 replay,
                 resuming: false,
+                stall: StallWatch::new(),
             },
         );
         log::info!(
