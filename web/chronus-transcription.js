@@ -479,7 +479,12 @@ class Session {
       this.#capture = await openMicrophone(this.#o, {
         onFrame: (frame) => this.#onAudio(frame),
         onFormat: (format) => {
+          // The worklet says what it converts before its first frame: never
+          // send audio at a rate the upstream does not expect.
           this.#format = format;
+          if (format.outputRate !== TARGET_SAMPLE_RATE) {
+            this.#fail(new TranscriptionError(K.INTERNAL, `The audio worklet produces ${format.outputRate} Hz, not ${TARGET_SAMPLE_RATE} Hz.`));
+          }
         },
         onEnded: () => this.#fail(new TranscriptionError(K.MICROPHONE_UNAVAILABLE, 'The microphone stopped.')),
       });
@@ -489,9 +494,6 @@ class Session {
     if (this.#finished) {
       this.#capture.close();
       return;
-    }
-    if (this.#format && this.#format.outputRate !== TARGET_SAMPLE_RATE) {
-      return this.#fail(new TranscriptionError(K.INTERNAL, `The audio worklet produces ${this.#format.outputRate} Hz, not ${TARGET_SAMPLE_RATE} Hz.`));
     }
     try {
       await this.#connect();
@@ -642,7 +644,7 @@ class Session {
   }
 
   #onAudio(frame) {
-    if (this.#finished || this.#audioClosed) return;
+    if (this.#finished || this.#audioClosed || !this.#format) return;
     if (this.#streaming) {
       this.#send(frame);
     } else if (this.#pending.length < MAX_PENDING_FRAMES) {
