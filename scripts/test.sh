@@ -23,3 +23,6 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 cargo test --all-targets
 cargo test --doc
+
+step "browser test (headless Chromium)"
+GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/chronus-gateway" bash tests/browser/run.sh

@@ -80,6 +80,20 @@ pub struct JwtConfig {
     pub cookie_name: String,
 }
 
+/// What `chronus-gateway demo` adds to the public listener: `GET /demo/token`
+/// (a token minted with the HS256 `JWT_SECRET`) and `GET /demo/config`. Never
+/// read from the environment, so a production gateway cannot hand out tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoSettings {
+    /// The `sub` of the tokens `GET /demo/token` mints.
+    pub user: String,
+    /// Lifetime of those tokens.
+    pub token_ttl: Duration,
+    /// Base URL of the dev thoth (`ws://127.0.0.1:PORT`, without
+    /// `/stream-audio`), for the page's legacy mode.
+    pub thoth_ws_url: String,
+}
+
 /// The gateway's whole configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -112,6 +126,8 @@ pub struct Config {
     pub max_audio_rate: f64,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Demo-only routes; `None` except under `chronus-gateway demo`.
+    pub demo: Option<DemoSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -148,6 +164,7 @@ impl fmt::Debug for Config {
             .field("max_sessions_per_user", &self.max_sessions_per_user)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_audio_rate", &self.max_audio_rate)
+            .field("demo", &self.demo)
             .finish_non_exhaustive()
     }
 }
@@ -287,6 +304,7 @@ impl Config {
             max_audio_rate,
             idle_timeout: vars.secs("IDLE_TIMEOUT_SECS", 60)?,
             shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 10)?,
+            demo: None,
         })
     }
 }
@@ -377,6 +395,10 @@ mod tests {
         assert_eq!(cfg.thoth_protocol, ThothProtocol::Mux);
         assert_eq!(cfg.max_frame_bytes, 256 * 1024);
         assert_eq!(cfg.thoth_idle_close, Duration::from_secs(30));
+        assert_eq!(
+            cfg.demo, None,
+            "demo routes are never configured from the environment"
+        );
     }
 
     #[test]

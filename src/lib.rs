@@ -142,6 +142,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
                 "/api/audio/transcribe",
                 web::get().to(gateway::routes::transcribe),
             )
+            .configure(http::web::routes)
     })
     .on_connect(on_browser_connect)
     .shutdown_timeout(config.shutdown_grace.as_secs() + 2)

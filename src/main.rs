@@ -8,7 +8,7 @@ chronus-gateway — authenticated WebSocket gateway for chronus transcription
 USAGE:
     chronus-gateway [serve]        run the gateway (configuration from the environment / .env)
     chronus-gateway demo           run a self-contained demo: gateway + dev thoth + SQLite, prints a token
-    chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] [--token TOKEN]
+    chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] [--token TOKEN] [--allow-origin ORIGIN]
                                    run the dev thoth alone (mux v1 + legacy on /stream-audio)
     chronus-gateway token --sub USER [--ttl SECS]
                                    mint an HS256 token with JWT_SECRET (for development)

@@ -602,6 +602,41 @@ async fn a_handshake_with_an_origin_is_closed_with_4403() {
 }
 
 #[actix_rt::test]
+async fn an_allowed_origin_gets_a_legacy_stream_and_others_are_still_refused() {
+    let thoth = start_thoth(DevThothOptions {
+        allowed_origins: vec!["http://127.0.0.1:8080/".to_owned()],
+        ..DevThothOptions::default()
+    });
+    thoth.allow_origins(["http://LOCALHOST:8080"]);
+
+    let (_, mut other) =
+        connect_with(&thoth.url(), &[], &[("origin", "http://127.0.0.1:8081")]).await;
+    assert_eq!(expect_close(&mut other).await, 4403);
+
+    for origin in ["http://127.0.0.1:8080", "http://localhost:8080"] {
+        let (selected, mut browser) = connect_with(&thoth.url(), &[], &[("origin", origin)]).await;
+        assert_eq!(selected, None, "a browser gets the legacy protocol");
+        let second = square_wave(0.25, 16_000);
+        send_binary(&mut browser, f32le(&second)).await;
+        assert_eq!(
+            next_json(&mut browser).await,
+            json!({"transcription": describe_audio(0, &second)})
+        );
+        browser
+            .send(Message::Close(Some(CloseCode::Normal.into())))
+            .await
+            .expect("send close");
+        assert_eq!(expect_close(&mut browser).await, 1000);
+        eventually("the legacy stream is free again", || {
+            thoth.stats().connections_open() == 0
+        })
+        .await;
+    }
+    assert_eq!(thoth.stats().connections_refused(), 1);
+    assert_eq!(thoth.stats().legacy_streams(), 2);
+}
+
+#[actix_rt::test]
 async fn a_missing_or_wrong_token_is_closed_with_4401() {
     let thoth = start_thoth(DevThothOptions {
         stream_token: Some("s3cret".to_owned()),

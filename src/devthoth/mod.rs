@@ -13,8 +13,9 @@
 //! - **legacy** (3.2) otherwise: one stream at a time, `{"transcription"}`
 //!   per window, a second concurrent stream closed with 1013.
 //!
-//! Both are served on [`STREAM_PATH`]; every other path answers 404. Any
-//! handshake carrying `Origin` is upgraded then closed with 4403, and a
+//! Both are served on [`STREAM_PATH`]; every other path answers 404. A
+//! handshake carrying `Origin` is upgraded then closed with 4403 (unless that
+//! origin was allowed, see [`DevThothOptions::allowed_origins`]), and a
 //! missing or wrong `x-thoth-token` (when one is configured) with 4401.
 //!
 //! The server runs on its own thread with its own actix `System`, so it can be
@@ -30,7 +31,7 @@ mod refused;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use actix::{Actor, Message, Recipient, StreamHandler};
@@ -90,6 +91,12 @@ pub struct DevThothOptions {
     /// Mux: after a binary frame that leaves a partial second pending, send a
     /// non-final hypothesis `listening {secs:.2}s`; default true.
     pub interim_results: bool,
+    /// Browser origins (`http://127.0.0.1:8080`) whose handshakes are served
+    /// rather than closed with 4403. Empty, the default, refuses every
+    /// `Origin`, as real thoth does; the demo allows its own page so the
+    /// browser client's legacy mode can be tried. More can be added while
+    /// running with [`DevThoth::allow_origins`].
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for DevThothOptions {
@@ -100,6 +107,7 @@ impl Default for DevThothOptions {
             stream_token: None,
             legacy_window_secs: 1.0,
             interim_results: true,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -222,6 +230,8 @@ struct Shared {
     connections: Mutex<HashMap<u64, ConnectionControl>>,
     /// Today's thoth has one process-wide buffer: one legacy stream at a time.
     legacy_stream_busy: AtomicBool,
+    /// Normalized ([`normalize_origin`]) origins that are not refused.
+    allowed_origins: RwLock<Vec<String>>,
     next_connection_id: AtomicU64,
 }
 
@@ -234,6 +244,18 @@ impl Shared {
 
     fn unregister(&self, id: u64) {
         self.connections_lock().remove(&id);
+    }
+
+    /// Whether a handshake with this `Origin` header value is served.
+    fn origin_allowed(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else {
+            return false;
+        };
+        let origin = normalize_origin(origin);
+        self.allowed_origins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&origin)
     }
 
     fn connections_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnectionControl>> {
@@ -268,8 +290,14 @@ impl DevThoth {
     /// stopped and restarted independently of the caller's System, and so
     /// stopping it really drops sockets). Returns once it listens.
     pub fn start(opts: DevThothOptions) -> std::io::Result<DevThoth> {
+        let allowed_origins = opts
+            .allowed_origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect();
         let shared = Arc::new(Shared {
             opts,
+            allowed_origins: RwLock::new(allowed_origins),
             stats: Arc::new(DevThothStats::default()),
             connections: Mutex::new(HashMap::new()),
             legacy_stream_busy: AtomicBool::new(false),
@@ -318,6 +346,27 @@ impl DevThoth {
     /// The options it runs with.
     pub fn options(&self) -> &DevThothOptions {
         &self.shared.opts
+    }
+
+    /// Serves handshakes from these origins too, from now on: for a caller
+    /// that learns its own address only after the dev thoth started (the
+    /// demo's gateway may bind port 0).
+    pub fn allow_origins<I, S>(&self, origins: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut allowed = self
+            .shared
+            .allowed_origins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for origin in origins {
+            let origin = normalize_origin(origin.as_ref());
+            if !allowed.contains(&origin) {
+                allowed.push(origin);
+            }
+        }
     }
 
     /// Closes every open mux and legacy socket abruptly, without a close frame
@@ -432,7 +481,8 @@ async fn stream_audio(
         &[]
     };
 
-    if req.headers().contains_key(header::ORIGIN) {
+    let origin = req.headers().get(header::ORIGIN);
+    if origin.is_some_and(|origin| !shared.origin_allowed(origin.as_bytes())) {
         let socket = refused::RefusedSocket::new(
             shared,
             close_code::FORBIDDEN_ORIGIN,
@@ -469,6 +519,11 @@ async fn stream_audio(
     }
 }
 
+/// An origin as browsers send it: lowercase, no trailing slash.
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
 /// Whether the client's `Sec-WebSocket-Protocol` lists `thoth.mux.v1` (the
 /// same test actix's handshake uses to select it).
 fn offers_mux(req: &HttpRequest) -> bool {
@@ -495,7 +550,8 @@ where
 }
 
 /// `chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] [--token TOKEN]
-/// [--window-secs SECS] [--no-interim]`: runs a dev thoth until Ctrl-C.
+/// [--window-secs SECS] [--no-interim] [--allow-origin ORIGIN]…`: runs a dev
+/// thoth until Ctrl-C.
 /// `args` are the arguments after `dev-thoth`.
 pub fn run_cli(args: &[String]) -> std::io::Result<()> {
     let Some(opts) = parse_cli_args(args)? else {
@@ -519,12 +575,15 @@ pub fn run_cli(args: &[String]) -> std::io::Result<()> {
 }
 
 const CLI_USAGE: &str = "usage: chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] \
-[--token TOKEN] [--window-secs SECS] [--no-interim]\n\
+[--token TOKEN] [--window-secs SECS] [--no-interim] [--allow-origin ORIGIN]...\n\
   --bind ADDR         listen address (default 127.0.0.1:8765)\n\
   --legacy-only       never select thoth.mux.v1 (today's thoth)\n\
   --token TOKEN       require header x-thoth-token: TOKEN (else close 4401)\n\
   --window-secs SECS  legacy: seconds of audio per transcription (default 1)\n\
-  --no-interim        mux: send no interim results";
+  --no-interim        mux: send no interim results\n\
+  --allow-origin ORIGIN\n\
+                      serve browsers from ORIGIN (e.g. http://localhost:5173)\n\
+                      instead of closing with 4403; repeatable";
 
 /// Parses the `dev-thoth` arguments; `Ok(None)` for `--help`.
 fn parse_cli_args(args: &[String]) -> std::io::Result<Option<DevThothOptions>> {
@@ -562,6 +621,7 @@ fn parse_cli_args(args: &[String]) -> std::io::Result<Option<DevThothOptions>> {
                     })?;
             }
             "--no-interim" => opts.interim_results = false,
+            "--allow-origin" => opts.allowed_origins.push(value("--allow-origin")?),
             "-h" | "--help" => return Ok(None),
             other => return Err(invalid(format!("unknown argument {other:?}\n{CLI_USAGE}"))),
         }
@@ -597,6 +657,8 @@ mod tests {
             "--window-secs",
             "3",
             "--no-interim",
+            "--allow-origin",
+            "http://localhost:5173",
         ]))
         .unwrap()
         .unwrap();
@@ -605,6 +667,7 @@ mod tests {
         assert_eq!(opts.stream_token.as_deref(), Some("s3cret"));
         assert_eq!(opts.legacy_window_samples(), 48_000);
         assert!(!opts.interim_results);
+        assert_eq!(opts.allowed_origins, vec!["http://localhost:5173"]);
     }
 
     #[test]
