@@ -25,7 +25,8 @@ use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
 use crate::upstream::{
-    ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent, UpstreamLink,
+    ClientHandle, EndSession, SessionAudio, Subscribe, ToClient, Unsubscribe, UpstreamEvent,
+    UpstreamLink,
 };
 
 /// The gateway pings the browser this often…
@@ -182,6 +183,7 @@ impl ClientActor {
     // ---- audio -----------------------------------------------------------
 
     fn on_audio(&mut self, audio: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        let received = Instant::now();
         match self.phase {
             Phase::Connecting | Phase::Streaming if !self.end_requested => {}
             Phase::Closed => return,
@@ -208,7 +210,7 @@ impl ClientActor {
             audio
         };
         if self.phase == Phase::Streaming {
-            self.forward(audio);
+            self.forward(audio, received);
             return;
         }
         let limit = (self.session.format.bytes_per_second() * PRE_READY_BUFFER_SECS) as usize
@@ -226,14 +228,13 @@ impl ClientActor {
         self.pending.push_back(audio);
     }
 
-    fn forward(&self, audio: Bytes) {
+    fn forward(&self, audio: Bytes, received: Instant) {
         if let Some(link) = &self.upstream {
-            let received = Instant::now();
             link.audio.do_send(SessionAudio {
                 session_id: self.session.session_id,
                 audio,
+                received,
             });
-            metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
         }
     }
 
@@ -438,7 +439,8 @@ impl ClientActor {
         .to_json();
         self.send_text(ready, ctx);
         for audio in std::mem::take(&mut self.pending) {
-            self.forward(audio);
+            // Held on purpose until `ready`: latency counts from here.
+            self.forward(audio, Instant::now());
         }
         self.pending_bytes = 0;
         if self.end_requested {
@@ -603,15 +605,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for ClientActor {
     }
 }
 
-impl Handler<UpstreamEvent> for ClientActor {
+impl Handler<ToClient> for ClientActor {
     type Result = ();
 
-    fn handle(&mut self, event: UpstreamEvent, ctx: &mut Self::Context) {
+    fn handle(&mut self, ToClient { event, sent }: ToClient, ctx: &mut Self::Context) {
         self.backlog.fetch_sub(1, Ordering::Relaxed);
         if self.phase == Phase::Closed {
             return;
         }
-        let received = Instant::now();
         match event {
             UpstreamEvent::Ready => self.on_ready(ctx),
             UpstreamEvent::Transcript {
@@ -627,6 +628,6 @@ impl Handler<UpstreamEvent> for ClientActor {
                 self.report(error, ctx);
             }
         }
-        metrics::LATENCY_DOWNSTREAM.observe(received.elapsed().as_secs_f64());
+        metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());
     }
 }

@@ -12,6 +12,7 @@ pub mod thoth;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -60,13 +61,13 @@ pub const MAX_CLIENT_BACKLOG: usize = 1024;
 /// bound is kept here.
 #[derive(Clone)]
 pub struct ClientHandle {
-    recipient: Recipient<UpstreamEvent>,
+    recipient: Recipient<ToClient>,
     backlog: Arc<AtomicUsize>,
 }
 
 impl ClientHandle {
     /// The handle, and the counter the ClientActor decrements per event handled.
-    pub fn new(recipient: Recipient<UpstreamEvent>) -> (ClientHandle, Arc<AtomicUsize>) {
+    pub fn new(recipient: Recipient<ToClient>) -> (ClientHandle, Arc<AtomicUsize>) {
         let backlog = Arc::new(AtomicUsize::new(0));
         (
             ClientHandle {
@@ -85,14 +86,21 @@ impl ClientHandle {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        self.recipient.do_send(event);
+        self.send(event);
         true
+    }
+
+    fn send(&self, event: UpstreamEvent) {
+        self.recipient.do_send(ToClient {
+            event,
+            sent: Instant::now(),
+        });
     }
 
     /// The session's last event, queued past the bound (one more at most).
     pub fn cut_off(&self, event: UpstreamEvent) {
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.recipient.do_send(event);
+        self.send(event);
     }
 
     /// Events queued for the ClientActor and not handled yet.
@@ -112,6 +120,17 @@ impl ClientHandle {
 pub struct SessionAudio {
     pub session_id: Uuid,
     pub audio: Bytes,
+    /// When the gateway received it from the browser (relay latency).
+    pub received: Instant,
+}
+
+/// An [`UpstreamEvent`] on its way to a ClientActor, stamped when the
+/// upstream handed it over (relay latency).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToClient {
+    pub event: UpstreamEvent,
+    pub sent: Instant,
 }
 
 /// The browser sent `end`: flush and finish.

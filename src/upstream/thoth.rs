@@ -131,10 +131,16 @@ impl StallWatch {
     }
 }
 
+/// A frame for the writer task, with the time its audio reached the gateway.
+struct Outgoing {
+    message: WsMessage,
+    received: Option<Instant>,
+}
+
 /// An open socket: a bounded writer task and a reader stream on this actor.
 struct OpenSocket {
     generation: u64,
-    outbound: mpsc::UnboundedSender<WsMessage>,
+    outbound: mpsc::UnboundedSender<Outgoing>,
     /// Bytes handed to the writer and not yet written to the socket.
     queued_bytes: Arc<AtomicUsize>,
     reader: SpawnHandle,
@@ -420,20 +426,27 @@ impl ThothUpstreamActor {
     /// frames per flush), the reader stream is attached to this actor.
     fn open_socket(&mut self, generation: u64, framed: connect::WsFramed, ctx: &mut Context<Self>) {
         let (mut sink, source) = framed.split();
-        let (outbound, mut queue) = mpsc::unbounded_channel::<WsMessage>();
+        let (outbound, mut queue) = mpsc::unbounded_channel::<Outgoing>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let writer_bytes = queued_bytes.clone();
         let actor = ctx.address();
         let writer = actix_rt::spawn(async move {
+            // Receive times of the audio in the current batch, observed once
+            // the batch is flushed to the socket.
+            let mut stamps: Vec<Instant> = Vec::new();
             let result: Result<(), actix_http::ws::ProtocolError> = async {
                 while let Some(first) = queue.recv().await {
-                    writer_bytes.fetch_sub(message_len(&first), Ordering::Relaxed);
-                    sink.feed(first).await?;
-                    while let Ok(next) = queue.try_recv() {
-                        writer_bytes.fetch_sub(message_len(&next), Ordering::Relaxed);
-                        sink.feed(next).await?;
+                    let mut next = Some(first);
+                    while let Some(Outgoing { message, received }) = next {
+                        writer_bytes.fetch_sub(message_len(&message), Ordering::Relaxed);
+                        stamps.extend(received);
+                        sink.feed(message).await?;
+                        next = queue.try_recv().ok();
                     }
                     sink.flush().await?;
+                    for received in stamps.drain(..) {
+                        metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
+                    }
                 }
                 // The actor dropped the queue: close the socket politely.
                 sink.close().await
@@ -466,6 +479,16 @@ impl ThothUpstreamActor {
     /// Queues a frame toward thoth. A queue over its bound means thoth stopped
     /// reading: the socket is given up rather than grown without limit.
     fn send(&mut self, message: WsMessage, ctx: &mut Context<Self>) {
+        self.send_stamped(message, None, ctx);
+    }
+
+    /// [`Self::send`] for audio, carrying its browser receive time.
+    fn send_stamped(
+        &mut self,
+        message: WsMessage,
+        received: Option<Instant>,
+        ctx: &mut Context<Self>,
+    ) {
         let Link::Open(socket) = &self.link else {
             return;
         };
@@ -475,7 +498,11 @@ impl ThothUpstreamActor {
             return;
         }
         socket.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if socket.outbound.send(message).is_err() {
+        if socket
+            .outbound
+            .send(Outgoing { message, received })
+            .is_err()
+        {
             self.link_lost("writer stopped", ctx);
         }
     }
@@ -596,9 +623,10 @@ impl ThothUpstreamActor {
     fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
         if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
             ctx.cancel_future(socket.reader);
-            let _ = socket
-                .outbound
-                .send(WsMessage::Close(Some(CloseReason::from(code))));
+            let _ = socket.outbound.send(Outgoing {
+                message: WsMessage::Close(Some(CloseReason::from(code))),
+                received: None,
+            });
             // Dropping the sender lets the writer flush, close and end. A peer
             // that stopped reading would keep it (and its queue) forever, so
             // it gets a deadline.
@@ -941,7 +969,7 @@ impl Handler<SessionAudio> for ThothUpstreamActor {
             msg.audio
         };
         metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
-        self.send(WsMessage::Binary(frame), ctx);
+        self.send_stamped(WsMessage::Binary(frame), Some(msg.received), ctx);
     }
 }
 
