@@ -2,24 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
+use common::process::GatewayProcess;
 use common::*;
 use serde_json::json;
-
-/// Kills the gateway process even when an assertion fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[actix_rt::test]
 async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
@@ -32,29 +21,8 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
     env.insert("LEGACY_FLUSH_GRACE_MS".into(), "1500".into());
     env.insert("SHUTDOWN_GRACE_SECS".into(), "4".into());
     env.insert("RUST_LOG".into(), "info".into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronus-gateway"))
-        .env_clear()
-        .envs(&env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gateway binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut child = KillOnDrop(child);
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let public_addr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway logs its address");
-        if let Some(rest) = line.split("public listener on ").nth(1) {
-            break rest.split([' ', ',']).next().unwrap().to_string();
-        }
-    };
+    let mut gateway = GatewayProcess::start(&env);
+    let public_addr = gateway.public_addr.clone();
     let url = format!("ws://{public_addr}/api/audio/transcribe");
 
     let streaming_token = token_for("streaming");
@@ -72,7 +40,7 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
 
     let signalled = Instant::now();
     let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args(["-TERM", &gateway.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -92,7 +60,7 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
 
     // The process exits 0 once drained, within the grace period.
     let exit = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -102,10 +70,7 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "exit status {exit:?}");
-    let mut log = Vec::new();
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        log.push(line);
-    }
+    let log = gateway.drain_log(Duration::from_millis(500));
     assert!(
         log.iter()
             .any(|l| l.contains("draining: 2 session(s) open")),

@@ -4,26 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
+use common::process::GatewayProcess;
 use common::*;
 use serde_json::json;
 
 const THOTH_TOKEN: &str = "thoth-stream-secret-4711";
-
-/// Kills the gateway process even when an assertion fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[actix_rt::test]
 async fn tokens_and_secrets_never_appear_in_the_logs() {
@@ -35,33 +23,8 @@ async fn tokens_and_secrets_never_appear_in_the_logs() {
     let mut env = base_env(&thoth.url());
     env.insert("THOTH_STREAM_TOKEN".into(), THOTH_TOKEN.into());
     env.insert("RUST_LOG".into(), "trace".into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronus-gateway"))
-        .env_clear()
-        .envs(&env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gateway binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut child = KillOnDrop(child);
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-
-    // The log names the public address once it listens.
-    let mut log = Vec::new();
-    let public_addr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway logs its address");
-        log.push(line.clone());
-        if let Some(rest) = line.split("public listener on ").nth(1) {
-            break rest.split([' ', ',']).next().unwrap().to_string();
-        }
-    };
+    let mut gateway = GatewayProcess::start(&env);
+    let public_addr = gateway.public_addr.clone();
 
     let tokens: Vec<String> = (0..4)
         .map(|i| token_for(&format!("logged-user-{i}")))
@@ -91,12 +54,8 @@ async fn tokens_and_secrets_never_appear_in_the_logs() {
     .client;
     refused.until_close(Duration::from_secs(5)).await;
 
-    child.0.kill().unwrap();
-    let _ = child.0.wait();
-    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
-        log.push(line);
-    }
-    let log = log.join("\n");
+    gateway.child.kill().unwrap();
+    let log = gateway.drain_log(Duration::from_secs(2)).join("\n");
     if std::env::var("SHOW_LOG").is_ok() {
         eprintln!("{log}");
     }

@@ -2,6 +2,8 @@
 //! tokens of every kind. Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
