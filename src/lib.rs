@@ -82,13 +82,19 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
     let database = web::block(move || db::Database::connect(&database_url)).await??;
-    log::info!("database: {} ({})", database.backend(), database.redacted_url());
+    log::info!(
+        "database: {} ({})",
+        database.backend(),
+        database.redacted_url()
+    );
     let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
     let state = web::Data::new(AppState {
         jwt: JwtValidator::new(&config.jwt)?,
         sessions: SessionLimiter::new(config.max_sessions, config.max_sessions_per_user),
         thoth,
         keys,
+        mistral: upstream::mistral::MistralEndpoint::from_config(&config)?,
+        mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
         config: config.clone(),
     });
 
@@ -101,6 +107,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
                 "/api/audio/transcribe",
                 web::get().to(gateway::routes::transcribe),
             )
+            .configure(http::settings::routes)
+            .configure(http::mistral::routes)
     })
     .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
     .bind(config.bind_addr)?;

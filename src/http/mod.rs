@@ -1,5 +1,7 @@
 //! Plain HTTP surfaces: the admin listener (monitoring) and, on the public
-//! listener, the REST routes.
+//! listener, the REST routes (API key settings, the Mistral token endpoint).
 
 pub mod admin;
 pub mod error;
+pub mod mistral;
+pub mod settings;
