@@ -35,9 +35,11 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
             "--admin-bind" => parsed.admin_bind = value()?,
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
             "--legacy" => parsed.legacy = true,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, --legacy)"
-            )),
+            ))
+            }
         }
     }
     Ok(parsed)

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use awc::ws::{CloseReason, Message as WsMessage};
 use futures_util::stream::SplitSink;
@@ -12,6 +13,12 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 
 use super::connect::WsFramed;
+
+/// After our close frame, the TCP connection stays open this long before the
+/// gateway shuts it down: a peer that reads the close frame and the FIN in
+/// one go may report a broken connection instead of a clean close (actix-web
+/// servers do). The peer normally answers and hangs up well before.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,17 +54,23 @@ impl SocketWriter {
         let writer_bytes = queued_bytes.clone();
         actix_rt::spawn(async move {
             let result: Result<(), actix_http::ws::ProtocolError> = async {
+                let mut close_sent = false;
                 while let Some(first) = queue.recv().await {
+                    close_sent |= matches!(first, WsMessage::Close(_));
                     writer_bytes.fetch_sub(message_len(&first), Ordering::Relaxed);
                     // Batch whatever else is already queued into one flush.
                     sink.feed(first).await?;
                     while let Ok(next) = queue.try_recv() {
+                        close_sent |= matches!(next, WsMessage::Close(_));
                         writer_bytes.fetch_sub(message_len(&next), Ordering::Relaxed);
                         sink.feed(next).await?;
                     }
                     sink.flush().await?;
                 }
-                // The owner dropped the queue: close the socket politely.
+                if close_sent {
+                    actix_rt::time::sleep(CLOSE_LINGER).await;
+                }
+                // The owner dropped the queue: close the socket.
                 sink.close().await
             }
             .await;
