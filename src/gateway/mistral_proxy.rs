@@ -228,12 +228,12 @@ impl MistralProxyActor {
         self.upstream = Upstream::Open(writer);
         self.pending_bytes = 0;
         for message in std::mem::take(&mut self.pending) {
-            self.to_mistral(message, ctx);
+            self.send_to_mistral(message, ctx);
         }
     }
 
     /// Sends a frame to Mistral, or holds it while the socket is opening.
-    fn to_mistral(&mut self, message: UpstreamMessage, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_to_mistral(&mut self, message: UpstreamMessage, ctx: &mut ws::WebsocketContext<Self>) {
         let len = message_len(&message);
         match &self.upstream {
             Upstream::Connecting => {
@@ -283,13 +283,13 @@ impl MistralProxyActor {
                         }
                     }
                 }
-                self.to_mistral(UpstreamMessage::Text(text), ctx);
+                self.send_to_mistral(UpstreamMessage::Text(text), ctx);
             }
             ws::Message::Binary(audio) => {
                 metrics::CLIENT_TO_GATEWAY.record(audio.len());
                 self.last_data = Instant::now();
                 for frame in append_frames(&audio, SAMPLE_ALIGNMENT_BYTES) {
-                    self.to_mistral(UpstreamMessage::Text(frame.into()), ctx);
+                    self.send_to_mistral(UpstreamMessage::Text(frame.into()), ctx);
                 }
             }
             ws::Message::Continuation(item) => self.on_fragment(item, ctx),

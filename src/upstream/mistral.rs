@@ -664,7 +664,7 @@ mod tests {
         assert_eq!(joined, audio);
         // A sample size that does not divide the limit still gets whole samples.
         let frames = append_frames(&vec![0u8; 600_000], 3);
-        assert!(frames.iter().all(|f| decoded(f).len() % 3 == 0));
+        assert!(frames.iter().all(|f| decoded(f).len().is_multiple_of(3)));
         assert_eq!(decoded(&frames[0]).len(), 262_143);
     }
 
