@@ -1,13 +1,19 @@
 //! `chronus-gateway demo`: the whole thing on one machine with nothing
 //! installed — the gateway, a dev thoth on a loopback port, a SQLite file —
 //! and a ready-to-use token printed on the terminal.
+//!
+//! `--mistral-key KEY` stores KEY as the demo user's Mistral key at start, so
+//! `provider=mistral` works at once (against `MISTRAL_WS_URL` when set in the
+//! environment, else Mistral itself).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use base64::Engine;
 
+use crate::crypto::SecretString;
 use crate::devthoth::{DevThoth, DevThothOptions};
+use crate::keys::Provider;
 
 const DEMO_USER: &str = "demo-user";
 const TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -18,6 +24,7 @@ struct DemoArgs {
     admin_bind: String,
     data_dir: PathBuf,
     legacy: bool,
+    mistral_key: Option<SecretString>,
 }
 
 fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
@@ -26,6 +33,7 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
         admin_bind: "127.0.0.1:9091".into(),
         data_dir: PathBuf::from("chronus-demo"),
         legacy: false,
+        mistral_key: None,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -35,10 +43,12 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
             "--admin-bind" => parsed.admin_bind = value()?,
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
             "--legacy" => parsed.legacy = true,
+            "--mistral-key" => parsed.mistral_key = Some(SecretString::new(value()?)),
             other => {
                 return Err(format!(
-                "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, --legacy)"
-            ))
+                    "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, \
+                     --legacy, --mistral-key)"
+                ))
             }
         }
     }
@@ -91,10 +101,25 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let token =
         crate::auth::mint_hs256(jwt_secret.as_bytes(), DEMO_USER, TOKEN_TTL_SECS, None, None)?;
 
+    let mistral_url = crate::redact::strip_credentials(&config.mistral_ws_url);
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
         let public = gateway.public_addr;
         let admin = gateway.admin_addr;
+        let mistral = match args.mistral_key {
+            Some(key) => {
+                gateway
+                    .state
+                    .keys
+                    .put(DEMO_USER, Provider::Mistral, key)
+                    .await?;
+                format!(
+                    "\nMistral ({mistral_url}): {DEMO_USER}'s key is stored; try it with\n\
+                     \n  websocat -b 'ws://{public}/api/audio/transcribe?provider=mistral&token={token}'\n"
+                )
+            }
+            None => String::new(),
+        };
         println!(
             "\nchronus-gateway demo is running\n\
              \n  dev thoth:      {thoth_url} ({mode})\
@@ -104,7 +129,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
              \n\nA token for user {DEMO_USER}, valid 12 hours:\n\n{token}\n\
              \nTry it (the dev thoth answers each second of audio with a description of it):\n\
              \n  websocat -b 'ws://{public}/api/audio/transcribe?token={token}'\n\
-             \nPress Ctrl-C to stop.\n",
+             {mistral}\nPress Ctrl-C to stop.\n",
             thoth_url = thoth.url(),
             mode = if args.legacy {
                 "legacy protocol"

@@ -915,6 +915,13 @@ async fn settings_endpoints_and_a_mistral_session_work_on_postgresql() {
 
 // ---- the key never leaks ---------------------------------------------------------
 
+/// The gateway binary. `CHRONUS_GATEWAY_BIN` may name a copy of it, for a
+/// target directory shared with other checkouts that may rebuild it meanwhile.
+fn gateway_binary() -> String {
+    std::env::var("CHRONUS_GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chronus-gateway").to_owned())
+}
+
 /// The real binary, configured from the environment, logging at debug level
 /// to a captured stderr.
 struct GatewayProcess {
@@ -926,11 +933,7 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(env: &HashMap<String, String>, dir: &std::path::Path) -> GatewayProcess {
-        // CHRONUS_GATEWAY_BIN: a copy of the binary, for a target directory
-        // shared with other checkouts that may rebuild it meanwhile.
-        let binary = std::env::var("CHRONUS_GATEWAY_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chronus-gateway").to_owned());
-        let mut child = Command::new(binary)
+        let mut child = Command::new(gateway_binary())
             .arg("serve")
             .current_dir(dir)
             .envs(env)
@@ -1061,5 +1064,130 @@ async fn the_raw_key_never_appears_in_responses_the_sqlite_file_or_the_logs() {
         );
     }
     assert!(files >= 1 && db.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- operations: key rotation and the demo ------------------------------------
+
+/// Runs `chronus-gateway reencrypt-keys` with `env`; returns its stdout.
+fn reencrypt_keys(env: &HashMap<String, String>, dir: &std::path::Path) -> String {
+    let output = Command::new(gateway_binary())
+        .arg("reencrypt-keys")
+        .current_dir(dir)
+        .envs(env)
+        .output()
+        .expect("gateway binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "reencrypt-keys failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[actix_rt::test]
+async fn after_a_key_rotation_reencrypt_keys_moves_stored_keys_to_the_new_encryption_key() {
+    const NEW_ENCRYPTION_KEY: &str = "bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE=";
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let dir = std::env::temp_dir().join(format!("chronus-rotate-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut env = env_for(&fake);
+    env.insert(
+        "DATABASE_URL".into(),
+        dir.join("gateway.db").display().to_string(),
+    );
+    let gateway = start_gateway(&env).await;
+    assert_eq!(put_key(&gateway, "rotor", KEY).await.status, 204);
+    gateway.stop().await;
+
+    // Step 2 and 3: the new key is current (version 2), the old one previous.
+    let old_encryption_key = env["API_KEY_ENCRYPTION_KEY"].clone();
+    env.insert("API_KEY_ENCRYPTION_KEY".into(), NEW_ENCRYPTION_KEY.into());
+    env.insert("API_KEY_ENCRYPTION_KEY_VERSION".into(), "2".into());
+    env.insert(
+        "API_KEY_PREVIOUS_ENCRYPTION_KEYS".into(),
+        format!("1:{old_encryption_key}"),
+    );
+    let stdout = reencrypt_keys(&env, &dir);
+    assert!(
+        stdout.contains("re-encrypted 1 API key(s) to key version 2"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(KEY));
+    let stdout = reencrypt_keys(&env, &dir);
+    assert!(stdout.contains("re-encrypted 0 API key(s)"), "{stdout}");
+
+    // Step 4: without the old key, the stored key still reaches Mistral.
+    env.remove("API_KEY_PREVIOUS_ENCRYPTION_KEYS");
+    let gateway = start_gateway(&env).await;
+    let mut client = chronus_session(&gateway, "rotor", "").await;
+    client.expect_type("ready").await;
+    assert_eq!(
+        fake.only_connection().authorization.as_deref(),
+        Some(&*format!("Bearer {KEY}"))
+    );
+    gateway.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_rt::test]
+async fn the_demo_stores_its_mistral_key_and_serves_provider_mistral() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let dir = std::env::temp_dir().join(format!("chronus-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(gateway_binary())
+        .args([
+            "demo",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--mistral-key", KEY, "--data-dir"])
+        .arg(dir.join("data"))
+        .current_dir(&dir)
+        .env("MISTRAL_WS_URL", fake.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    // The demo prints a ready-made websocat line for provider=mistral.
+    let stdout = child.stdout.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(start) = line.find("'ws://") {
+                if line.contains("provider=mistral") {
+                    let url = line[start + 1..].trim_end_matches('\'').to_owned();
+                    let _ = url_tx.send(url);
+                }
+            }
+        }
+    });
+    let url = url_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the demo printed its Mistral URL");
+    let mut client = connect(&url, Auth::None, None).await.client;
+    let ready = client.expect_type("ready").await;
+    assert_eq!(ready["provider"], "mistral");
+    stream_then_end(&mut client, &f32_audio(0.5, 0.5)).await;
+    let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+    assert_eq!(
+        data_of(&of_type(&messages, "transcription")),
+        [segment_text(0, 32_000)]
+    );
+    assert_eq!(close, Some(1000));
+    assert_eq!(
+        fake.only_connection().authorization.as_deref(),
+        Some(&*format!("Bearer {KEY}"))
+    );
+    let _ = child.kill();
+    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
