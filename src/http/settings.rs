@@ -109,7 +109,7 @@ async fn delete_key(
     let claims = authenticate_http(&req, &state)?;
     let provider = provider_of(&path)?;
     if state.keys.delete(&claims.sub, provider).await? {
-        Ok(HttpResponse::NoContent().finish())
+        Ok(no_store(HttpResponse::NoContent().finish()))
     } else {
         Err(ApiError::NotFound)
     }
