@@ -183,7 +183,6 @@ impl MistralProxyActor {
         if let Upstream::Open(writer) = std::mem::replace(&mut self.upstream, Upstream::Closed) {
             writer.close(UpstreamCloseReason::from(UpstreamCloseCode::Normal));
         }
-        self.upstream = Upstream::Closed;
         self.pending.clear();
         self.pending_bytes = 0;
     }

@@ -95,11 +95,6 @@ impl SocketWriter {
         self.outbound.send(message).map_err(|_| SendFailure::Closed)
     }
 
-    /// Bytes waiting to be written.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
-    }
-
     /// Sends a close frame after everything already queued, then lets the
     /// writer close the socket.
     pub fn close(self, reason: CloseReason) {
