@@ -106,6 +106,13 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// Base64 of the 32-byte key that encrypts stored API keys.
     pub api_key_encryption_key: String,
+    /// Version the current key tags new ciphertexts with
+    /// (`API_KEY_ENCRYPTION_KEY_VERSION`, default 1); bump it on rotation.
+    pub api_key_encryption_key_version: u32,
+    /// Older keys, kept only to decrypt what they sealed until
+    /// `chronus-gateway reencrypt-keys` has moved every row over
+    /// (`API_KEY_PREVIOUS_ENCRYPTION_KEYS=VERSION:BASE64[,VERSION:BASE64…]`).
+    pub api_key_previous_encryption_keys: Vec<(u32, String)>,
     pub thoth_ws_urls: Vec<String>,
     pub thoth_protocol: ThothProtocol,
     pub thoth_stream_token: Option<String>,
@@ -286,6 +293,8 @@ impl Config {
                 .unwrap_or_else(|| "chronus-gateway.db".to_string()),
             jwt,
             api_key_encryption_key: vars.required("API_KEY_ENCRYPTION_KEY")?,
+            api_key_encryption_key_version: vars.parsed("API_KEY_ENCRYPTION_KEY_VERSION", 1)?,
+            api_key_previous_encryption_keys: read_previous_keys(&vars)?,
             thoth_ws_urls,
             thoth_protocol,
             thoth_stream_token: vars.get("THOTH_STREAM_TOKEN"),
@@ -357,6 +366,32 @@ fn read_jwt_config(vars: &Vars<'_>) -> Result<JwtConfig, ConfigError> {
             .get("JWT_COOKIE_NAME")
             .unwrap_or_else(|| "chronus_token".to_string()),
     })
+}
+
+/// `API_KEY_PREVIOUS_ENCRYPTION_KEYS`: `VERSION:BASE64` entries, comma-separated.
+/// The keys themselves are checked when the cipher is built.
+fn read_previous_keys(vars: &Vars<'_>) -> Result<Vec<(u32, String)>, ConfigError> {
+    const VAR: &str = "API_KEY_PREVIOUS_ENCRYPTION_KEYS";
+    let Some(list) = vars.get("API_KEY_PREVIOUS_ENCRYPTION_KEYS") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            // Never quote an entry: it holds a key.
+            let bad =
+                || ConfigError::new(VAR, format!("entry {} is not VERSION:BASE64_KEY", i + 1));
+            let (version, key) = entry.split_once(':').ok_or_else(bad)?;
+            let version = version.trim().parse::<u32>().map_err(|_| bad())?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(bad());
+            }
+            Ok((version, key.to_owned()))
+        })
+        .collect()
 }
 
 fn check_ws_url(var: &'static str, raw: &str) -> Result<(), ConfigError> {
@@ -437,6 +472,29 @@ mod tests {
         assert!(!printed.contains("thoth-secret-value"));
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn previous_encryption_keys_are_read_with_their_versions() {
+        let mut map = base();
+        map.insert("API_KEY_ENCRYPTION_KEY_VERSION".into(), "3".into());
+        map.insert(
+            "API_KEY_PREVIOUS_ENCRYPTION_KEYS".into(),
+            "2:QkJCQg==, 1:QUFBQQ==".into(),
+        );
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(cfg.api_key_encryption_key_version, 3);
+        assert_eq!(
+            cfg.api_key_previous_encryption_keys,
+            vec![(2, "QkJCQg==".to_owned()), (1, "QUFBQQ==".to_owned())]
+        );
+        map.insert(
+            "API_KEY_PREVIOUS_ENCRYPTION_KEYS".into(),
+            "secret-without-version".into(),
+        );
+        let err = Config::from_map(&map).unwrap_err();
+        assert_eq!(err.var, "API_KEY_PREVIOUS_ENCRYPTION_KEYS");
+        assert!(!err.to_string().contains("secret-without-version"));
     }
 
     #[test]

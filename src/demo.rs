@@ -7,6 +7,10 @@
 //! The first line printed on stdout is `gateway listening on http://ADDR`,
 //! with the address actually bound (`--bind 127.0.0.1:0` picks a free port),
 //! for scripts and tests to read.
+//!
+//! `--mistral-key KEY` stores KEY as the demo user's Mistral key at start, so
+//! `provider=mistral` works at once (against `MISTRAL_WS_URL` when set in the
+//! environment, else Mistral itself).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,7 +20,9 @@ use std::time::Duration;
 use base64::Engine;
 
 use crate::config::DemoSettings;
+use crate::crypto::SecretString;
 use crate::devthoth::{DevThoth, DevThothOptions};
+use crate::keys::Provider;
 
 const DEMO_USER: &str = "demo-user";
 const TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -27,6 +33,7 @@ struct DemoArgs {
     admin_bind: SocketAddr,
     data_dir: PathBuf,
     legacy: bool,
+    mistral_key: Option<SecretString>,
 }
 
 fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
@@ -35,6 +42,7 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
         admin_bind: SocketAddr::from(([127, 0, 0, 1], 9091)),
         data_dir: PathBuf::from("chronus-demo"),
         legacy: false,
+        mistral_key: None,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -44,10 +52,12 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
             "--admin-bind" => parsed.admin_bind = socket_addr(arg, &value()?)?,
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
             "--legacy" => parsed.legacy = true,
+            "--mistral-key" => parsed.mistral_key = Some(SecretString::new(value()?)),
             other => {
                 return Err(format!(
-                "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, --legacy)"
-            ))
+                    "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, \
+                     --legacy, --mistral-key)"
+                ))
             }
         }
     }
@@ -140,12 +150,27 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         config.jwt.audience.as_deref(),
     )?;
 
+    let mistral_url = crate::redact::strip_credentials(&config.mistral_ws_url);
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
         let public = gateway.public_addr;
         let admin = gateway.admin_addr;
         // Only now is the page's origin known (the port may have been 0).
         thoth.allow_origins(page_origins(public));
+        let mistral = match args.mistral_key {
+            Some(key) => {
+                gateway
+                    .state
+                    .keys
+                    .put(DEMO_USER, Provider::Mistral, key)
+                    .await?;
+                format!(
+                    "\nMistral ({mistral_url}): {DEMO_USER}'s key is stored; try it with\n\
+                     \n  websocat -b 'ws://{public}/api/audio/transcribe?provider=mistral&token={token}'\n"
+                )
+            }
+            None => String::new(),
+        };
         println!(
             "gateway listening on http://{public}\n\
              admin listening on http://{admin}\n\
@@ -158,7 +183,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
              \n\nA token for user {DEMO_USER}, valid 12 hours (the demo page can fetch one too):\n\n{token}\n\
              \nTry it (the dev thoth answers each second of audio with a description of it):\n\
              \n  websocat -b 'ws://{public}/api/audio/transcribe?token={token}'\n\
-             \nPress Ctrl-C to stop.\n",
+             {mistral}\nPress Ctrl-C to stop.\n",
             thoth_url = thoth.url(),
             mode = if args.legacy { "gateway uses its legacy protocol" } else { "gateway uses mux protocol v1" },
         );

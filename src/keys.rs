@@ -10,13 +10,15 @@
 //!
 //! 1. Generate a new key (`openssl rand -base64 32`).
 //! 2. Start the gateway with the new key as current, with a higher version,
-//!    and the old key as previous:
-//!    `KeyCipher::from_base64(new)?.with_version(2)?.with_previous(1, old)?`.
+//!    and the old key as previous (see [`cipher_from_config`]):
+//!    `API_KEY_ENCRYPTION_KEY=<new>`, `API_KEY_ENCRYPTION_KEY_VERSION=2`,
+//!    `API_KEY_PREVIOUS_ENCRYPTION_KEYS=1:<old>`.
 //!    Stored keys stay readable; new writes use version 2.
-//! 3. Call [`ApiKeyStore::reencrypt_all`]; it returns how many rows it moved
-//!    to the current version (rows that cannot be decrypted are logged and
-//!    left alone).
-//! 4. Once it returns 0, drop the previous key from the configuration.
+//! 3. Run `chronus-gateway reencrypt-keys` (same environment), which calls
+//!    [`ApiKeyStore::reencrypt_all`]: it reports how many rows it moved to
+//!    the current version (rows that cannot be decrypted are logged and left
+//!    alone).
+//! 4. Once it reports 0, drop the previous key from the configuration.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +42,17 @@ pub const LAST_CHARS_SHOWN: usize = 4;
 const AAD_PREFIX: &[u8] = b"chronus-api-key:v1:";
 /// Rows re-encrypted per query by `reencrypt_all`.
 const REENCRYPT_BATCH_ROWS: i64 = 100;
+
+/// The gateway's cipher from its configuration: the current key with its
+/// version, plus every previous key (decryption only).
+pub fn cipher_from_config(config: &crate::config::Config) -> Result<KeyCipher, CryptoError> {
+    let mut cipher = KeyCipher::from_base64(&config.api_key_encryption_key)?
+        .with_version(config.api_key_encryption_key_version)?;
+    for (version, key) in &config.api_key_previous_encryption_keys {
+        cipher = cipher.with_previous(*version, key)?;
+    }
+    Ok(cipher)
+}
 
 /// A speech-to-text provider a user can store a key for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

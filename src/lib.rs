@@ -106,6 +106,17 @@ fn access_log() -> Logger {
     Logger::new(ACCESS_LOG_FORMAT).custom_request_replace("method", |req| req.method().to_string())
 }
 
+/// `chronus-gateway reencrypt-keys`: moves every stored API key to the
+/// current encryption key version (see `keys` on rotation). Returns how many
+/// rows were re-encrypted. Runs on the current actix system.
+pub async fn reencrypt_keys(config: &Config) -> Result<usize, Box<dyn std::error::Error>> {
+    let cipher = keys::cipher_from_config(config)?;
+    let database_url = config.database_url.clone();
+    let database = web::block(move || db::Database::connect(&database_url)).await??;
+    let store = keys::ApiKeyStore::new(database, Arc::new(cipher));
+    Ok(store.reencrypt_all().await?)
+}
+
 /// Starts the public and admin listeners on the current actix system.
 pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error::Error>> {
     upstream::connect::install_crypto_provider();
@@ -113,7 +124,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     let config = Arc::new(config);
     let upstream_arbiter = Arbiter::new();
     let thoth = ThothPool::start(&config, &upstream_arbiter.handle())?;
-    let cipher = crypto::KeyCipher::from_base64(&config.api_key_encryption_key)?;
+    let cipher = keys::cipher_from_config(&config)?;
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
     let database = web::block(move || db::Database::connect(&database_url)).await??;
@@ -130,6 +141,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         sessions: SessionLimiter::new(config.max_sessions, config.max_sessions_per_user),
         thoth,
         keys,
+        mistral: upstream::mistral::MistralEndpoint::from_config(&config)?,
+        mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
         config: config.clone(),
     });
 
@@ -143,6 +156,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
                 web::get().to(gateway::routes::transcribe),
             )
             .configure(http::web::routes)
+            .configure(http::settings::routes)
+            .configure(http::mistral::routes)
     })
     .on_connect(on_browser_connect)
     .shutdown_timeout(config.shutdown_grace.as_secs() + 2)

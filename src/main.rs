@@ -1,4 +1,5 @@
-//! `chronus-gateway` command line: `serve` (default), `demo`, `dev-thoth`, `token`.
+//! `chronus-gateway` command line: `serve` (default), `demo`, `dev-thoth`,
+//! `token`, `reencrypt-keys`.
 
 use std::process::ExitCode;
 
@@ -7,11 +8,15 @@ chronus-gateway — authenticated WebSocket gateway for chronus transcription
 
 USAGE:
     chronus-gateway [serve]        run the gateway (configuration from the environment / .env)
-    chronus-gateway demo           run a self-contained demo: gateway + dev thoth + SQLite, prints a token
+    chronus-gateway demo [--mistral-key KEY]
+                                   run a self-contained demo: gateway + dev thoth + SQLite, prints a token;
+                                   with --mistral-key, KEY is stored as the demo user's Mistral key
     chronus-gateway dev-thoth [--bind ADDR] [--legacy-only] [--token TOKEN] [--allow-origin ORIGIN]
                                    run the dev thoth alone (mux v1 + legacy on /stream-audio)
     chronus-gateway token --sub USER [--ttl SECS]
                                    mint an HS256 token with JWT_SECRET (for development)
+    chronus-gateway reencrypt-keys re-encrypt every stored API key with the current API_KEY_ENCRYPTION_KEY
+                                   (after a rotation; see docs/mistral.md)
 ";
 
 fn main() -> ExitCode {
@@ -23,6 +28,7 @@ fn main() -> ExitCode {
         "demo" => chronus_gateway::demo::run(rest),
         "dev-thoth" => chronus_gateway::devthoth::run_cli(rest).map_err(Into::into),
         "token" => mint_token(rest),
+        "reencrypt-keys" => reencrypt_keys(),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
@@ -51,6 +57,18 @@ fn serve() -> Result<(), Box<dyn std::error::Error>> {
     actix_rt::System::new().block_on(async move {
         let gateway = chronus_gateway::start(config).await?;
         gateway.serve_until_signal().await?;
+        Ok(())
+    })
+}
+
+fn reencrypt_keys() -> Result<(), Box<dyn std::error::Error>> {
+    let _ = dotenvy::dotenv();
+    init_logging();
+    let config = chronus_gateway::config::Config::from_env()?;
+    let version = config.api_key_encryption_key_version;
+    actix_rt::System::new().block_on(async move {
+        let moved = chronus_gateway::reencrypt_keys(&config).await?;
+        println!("re-encrypted {moved} API key(s) to key version {version}");
         Ok(())
     })
 }

@@ -6,6 +6,8 @@ use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::gateway::limits::SessionLimiter;
 use crate::keys::ApiKeyStore;
+use crate::upstream::mistral::MistralEndpoint;
+use crate::upstream::mistral_sessions::MistralSessions;
 use crate::upstream::pool::ThothPool;
 
 /// The gateway's shared state, one per process.
@@ -18,4 +20,8 @@ pub struct AppState {
     pub keys: ApiKeyStore,
     /// Turns `true` when the gateway starts draining (SIGTERM).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Where Mistral sessions connect to.
+    pub mistral: MistralEndpoint,
+    /// Open Mistral sessions per user, for monitoring.
+    pub mistral_sessions: MistralSessions,
 }

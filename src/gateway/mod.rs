@@ -1,9 +1,11 @@
-//! The browser side: admission (auth, Origin, limits) before any upgrade, and
-//! one [`client::ClientActor`] per browser session.
+//! The browser side: admission (auth, Origin, limits) before any upgrade, one
+//! [`client::ClientActor`] per chronus session, and one
+//! [`mistral_proxy::MistralProxyActor`] per native Mistral session.
 
 pub mod admission;
 pub mod client;
 pub mod limits;
+pub mod mistral_proxy;
 pub mod outbound;
 pub mod rate;
 pub mod routes;

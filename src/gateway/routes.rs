@@ -20,6 +20,8 @@ use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
 use crate::gateway::outbound::CountedStream;
 use crate::protocol::Provider;
 use crate::state::AppState;
+use crate::upstream::mistral::{self, MistralUpstreamActor};
+use crate::upstream::UpstreamLink;
 
 /// What the browser asked for in the query string.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,11 +116,23 @@ pub async fn transcribe(
             Box::new(move |subscribe| async move { pool.subscribe(subscribe).await }.boxed_local())
         }
         Provider::Mistral => {
-            return reject_websocket(
-                &req,
-                payload,
-                GatewayError::new(ErrorCode::MistralUnavailable),
-            )
+            // The key is looked up before the upgrade: no key, no upstream work.
+            let key = match mistral::user_key(&state.keys, &admitted.claims.sub).await {
+                Ok(key) => key,
+                Err(error) => return reject_websocket(&req, payload, error),
+            };
+            let endpoint = state.mistral.clone();
+            let sessions = state.mistral_sessions.clone();
+            let user = admitted.claims.sub.clone();
+            // One actor per session, on this (the ClientActor's) arbiter.
+            Box::new(move |subscribe| {
+                async move {
+                    let counted = sessions.open(&user);
+                    let actor = MistralUpstreamActor::new(subscribe, user, endpoint, key, counted);
+                    Ok(UpstreamLink::of(&actix::Actor::start(actor)))
+                }
+                .boxed_local()
+            })
         }
     };
     let session = ClientSession {

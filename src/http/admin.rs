@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::metrics;
 use crate::state::AppState;
+use crate::upstream::mistral_sessions::MistralSessionsSnapshot;
 use crate::upstream::thoth::EndpointSnapshot;
 
 /// Routes of the admin listener.
@@ -25,12 +26,15 @@ async fn prometheus_metrics() -> HttpResponse {
 #[serde(rename_all = "camelCase")]
 struct PoolReport {
     thoth: Vec<EndpointSnapshot>,
+    /// Open Mistral sessions (chronus and native), per user.
+    mistral: MistralSessionsSnapshot,
     sessions_open: usize,
 }
 
 async fn pool(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(PoolReport {
         thoth: state.thoth.snapshot().await,
+        mistral: state.mistral_sessions.snapshot(),
         sessions_open: state.sessions.total(),
     })
 }

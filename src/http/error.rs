@@ -46,3 +46,25 @@ impl ResponseError for ApiError {
         HttpResponse::build(self.status_code()).json(body)
     }
 }
+
+/// Key store failures as the settings and token endpoints answer them. The
+/// messages never carry a key (see `KeyStoreError`).
+impl From<crate::keys::KeyStoreError> for ApiError {
+    fn from(err: crate::keys::KeyStoreError) -> Self {
+        use crate::keys::KeyStoreError;
+        match err {
+            KeyStoreError::InvalidKey(reason) => ApiError::BadRequest {
+                message: format!("Invalid API key: {reason}"),
+                code: None,
+            },
+            KeyStoreError::Unavailable(db) => {
+                log::warn!("API key store unavailable: {db}");
+                ApiError::Unavailable
+            }
+            KeyStoreError::Corrupt => {
+                log::error!("a stored API key cannot be decrypted");
+                ApiError::Internal
+            }
+        }
+    }
+}

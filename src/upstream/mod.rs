@@ -1,13 +1,17 @@
-//! Upstream side: the thoth pool and its ThothUpstreamActors, and the messages
-//! every upstream actor exchanges with its ClientActors.
+//! Upstream side: the thoth pool and its ThothUpstreamActors, the per-session
+//! MistralUpstreamActor, and the messages every upstream actor exchanges with
+//! its ClientActors.
 //!
-//! A transcription travels `thoth.rs` (socket frame → [`UpstreamEvent`]) →
-//! `gateway/client.rs` (event → browser frame).
+//! A transcription travels `thoth.rs` or `mistral.rs` (socket frame →
+//! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
 
 pub mod connect;
+pub mod mistral;
+pub mod mistral_sessions;
 pub mod mux_frame;
 pub mod pool;
 pub mod replay;
+pub mod socket;
 pub mod thoth;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
