@@ -16,6 +16,7 @@
 //! `{"type":"auth","token":…}` refresh (PROTOCOL.md 2.2) is consumed here.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,7 @@ use crate::gateway::admission::{
     SELECTABLE_SUBPROTOCOLS,
 };
 use crate::gateway::limits::SessionPermit;
+use crate::gateway::outbound::{CountedStream, OutboundQueue};
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
@@ -78,11 +80,14 @@ pub async fn mistral_ws(
         Err(error) => return reject_websocket(&req, payload, error),
     };
     let max_frame_bytes = state.config.max_frame_bytes;
-    let proxy = MistralProxyActor::new(admitted, key, state.into_inner());
-    ws::WsResponseBuilder::new(proxy, &req, payload)
-        .codec(actix_http::ws::Codec::new().max_size(max_frame_bytes))
-        .protocols(SELECTABLE_SUBPROTOCOLS)
-        .start()
+    // The response stream counts what the browser takes: Mistral's events
+    // are relayed only while the browser keeps up (the write-queue bound).
+    let taken = Arc::new(AtomicUsize::new(0));
+    let proxy = MistralProxyActor::new(admitted, key, state.into_inner(), taken.clone());
+    let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
+    let frames = ws::WebsocketContext::with_codec(proxy, payload, codec);
+    Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
+        .streaming(CountedStream::new(frames, taken)))
 }
 
 enum Upstream {
@@ -123,12 +128,19 @@ pub struct MistralProxyActor {
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
     closed: bool,
+    /// Frames relayed to the browser and not yet taken by the server.
+    outbound: OutboundQueue,
     _permit: SessionPermit,
     _counted: MistralSessionGuard,
 }
 
 impl MistralProxyActor {
-    pub fn new(admitted: Admitted, key: SecretString, state: Arc<AppState>) -> Self {
+    pub fn new(
+        admitted: Admitted,
+        key: SecretString,
+        state: Arc<AppState>,
+        taken: Arc<AtomicUsize>,
+    ) -> Self {
         let now = Instant::now();
         let user = admitted.claims.sub;
         MistralProxyActor {
@@ -147,6 +159,7 @@ impl MistralProxyActor {
             started: now,
             expiry_timer: None,
             closed: false,
+            outbound: OutboundQueue::new(taken),
             _permit: admitted.permit,
         }
     }
@@ -396,14 +409,35 @@ impl MistralProxyActor {
 
     // ---- from Mistral -------------------------------------------------------
 
+    /// Counts a frame toward the browser's write queue; a browser that stopped
+    /// reading (queue over its bound) ends the session instead.
+    fn browser_keeps_up(&mut self, len: usize, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.outbound.push(len) {
+            return true;
+        }
+        log::warn!(
+            "mistral native {}: browser not reading ({} bytes waiting); closing",
+            self.id_text,
+            self.outbound.queued()
+        );
+        self.closed = true;
+        if let Upstream::Open(writer) = std::mem::replace(&mut self.upstream, Upstream::Closed) {
+            writer.close(UpstreamCloseReason::from(UpstreamCloseCode::Normal));
+        }
+        ctx.stop();
+        false
+    }
+
     fn on_mistral_frame(&mut self, frame: Frame, ctx: &mut ws::WebsocketContext<Self>) {
         match frame {
             Frame::Text(text) => {
                 metrics::UPSTREAM_TO_GATEWAY.record(text.len());
                 match std::str::from_utf8(&text) {
                     Ok(text) => {
-                        metrics::GATEWAY_TO_CLIENT.record(text.len());
-                        ctx.text(text.to_owned());
+                        if self.browser_keeps_up(text.len(), ctx) {
+                            metrics::GATEWAY_TO_CLIENT.record(text.len());
+                            ctx.text(text.to_owned());
+                        }
                     }
                     Err(_) => log::warn!(
                         "mistral native {}: skipping a non-UTF-8 text frame from Mistral",
@@ -413,8 +447,10 @@ impl MistralProxyActor {
             }
             Frame::Binary(data) => {
                 metrics::UPSTREAM_TO_GATEWAY.record(data.len());
-                metrics::GATEWAY_TO_CLIENT.record(data.len());
-                ctx.binary(data);
+                if self.browser_keeps_up(data.len(), ctx) {
+                    metrics::GATEWAY_TO_CLIENT.record(data.len());
+                    ctx.binary(data);
+                }
             }
             Frame::Continuation(_) => log::debug!(
                 "mistral native {}: skipping a fragmented frame from Mistral",
