@@ -122,8 +122,10 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     upstream::connect::install_crypto_provider();
     metrics::init();
     let config = Arc::new(config);
-    let upstream_arbiter = Arbiter::new();
-    let thoth = ThothPool::start(&config, &upstream_arbiter.handle())?;
+    // Everything that can fail comes first, so a refused start leaves nothing running.
+    let thoth_tls = upstream::connect::tls_config(config.thoth_ca_cert.as_deref())?;
+    let jwt = JwtValidator::new(&config.jwt)?;
+    let mistral = upstream::mistral::MistralEndpoint::from_config(&config)?;
     let cipher = keys::cipher_from_config(&config)?;
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
@@ -134,14 +136,16 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         database.redacted_url()
     );
     let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
+    let upstream_arbiter = Arbiter::new();
+    let thoth = ThothPool::start(&config, thoth_tls, &upstream_arbiter.handle());
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
     let state = web::Data::new(AppState {
         shutdown: shutdown_signal,
-        jwt: JwtValidator::new(&config.jwt)?,
+        jwt,
         sessions: SessionLimiter::new(config.max_sessions, config.max_sessions_per_user),
         thoth,
         keys,
-        mistral: upstream::mistral::MistralEndpoint::from_config(&config)?,
+        mistral,
         mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
         config: config.clone(),
     });

@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use super::thoth::{EndpointSnapshot, GetSnapshot, ThothEndpointConfig, ThothUpstreamActor};
 use super::{Subscribe, UpstreamLink};
-use crate::config::{Config, ConfigError, ThothProtocol};
+use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
 
 /// One thoth endpoint as the pool sees it.
@@ -28,8 +28,12 @@ pub struct ThothPool {
 
 impl ThothPool {
     /// Starts one upstream actor per endpoint on `arbiter`.
-    pub fn start(config: &Config, arbiter: &ArbiterHandle) -> Result<ThothPool, ConfigError> {
-        let tls = super::connect::tls_config(config.thoth_ca_cert.as_deref())?;
+    /// `tls` verifies `wss://` endpoints (see [`super::connect::tls_config`]).
+    pub fn start(
+        config: &Config,
+        tls: Arc<rustls::ClientConfig>,
+        arbiter: &ArbiterHandle,
+    ) -> ThothPool {
         let endpoints = config
             .thoth_ws_urls
             .iter()
@@ -54,10 +58,10 @@ impl ThothPool {
                 Endpoint { addr, ref_count }
             })
             .collect();
-        Ok(ThothPool {
+        ThothPool {
             endpoints: Arc::new(endpoints),
             protocol: config.thoth_protocol,
-        })
+        }
     }
 
     /// Subscribes a session to an endpoint: in `mux` mode the least loaded
