@@ -8,8 +8,7 @@
 //! a session's audio (`describe_audio`), so every final text, its `start` and
 //! `end`, and `done` are known in advance. Scenarios that measure something
 //! print it (run with `--nocapture` to see the `FIGURES` lines). Scenarios run
-//! one at a time. An `#[ignore]`d test here is a specification the gateway
-//! does not meet yet; its reason names the bug.
+//! one at a time.
 
 mod common;
 
@@ -628,9 +627,6 @@ async fn thoth_killed_mid_stream_with_100_sessions_and_restarted_after_1s_loses_
 }
 
 #[actix_rt::test]
-#[ignore = "gateway bug: a resume queues every session's held audio at once; over \
-            MAX_OUTBOUND_QUEUE_BYTES (8 MiB) the new socket is dropped as stalled, again \
-            and again, until sessions end THOTH_UNAVAILABLE or hang (see the faults report)"]
 async fn a_long_outage_within_the_resume_timeout_loses_no_session() {
     let _one_at_a_time = one_at_a_time();
     every_session_survives(Outage {
@@ -1536,9 +1532,6 @@ async fn a_per_session_thoth_error_ends_only_that_session() {
 }
 
 #[actix_rt::test]
-#[ignore = "gateway bug: thoth's UNSUPPORTED_AUDIO becomes INVALID_AUDIO_FORMAT, which has no \
-            close code, so the browser session stays open with no upstream; its audio and its \
-            `end` go nowhere (see the faults report)"]
 async fn a_per_session_unsupported_audio_error_ends_that_session() {
     let _one_at_a_time = one_at_a_time();
     // INVALID_AUDIO_FORMAT has no close code of its own (a browser's bad frame

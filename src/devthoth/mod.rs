@@ -401,6 +401,13 @@ impl DevThoth {
 
     fn shutdown(&mut self) {
         if let Some(thread) = self.thread.take() {
+            // A forced stop does not wait for busy workers, so live sockets
+            // are dropped first, then (bounded) waited for.
+            self.drop_all_connections();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self.shared.stats.connections_open() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             // `stop` sends its command before the returned future is polled;
             // the server future on the dev thoth's thread then completes,
             // dropping the workers and with them every connection.

@@ -362,7 +362,7 @@ impl ClientActor {
             ws::Message::Close(_) => {
                 log::info!("session {}: client closed", self.id_text);
                 self.phase = Phase::Closed;
-                ctx.close(None);
+                ctx.close(Some(ws::CloseCode::Normal.into()));
                 ctx.stop();
             }
         }
@@ -624,8 +624,16 @@ impl Handler<ToClient> for ClientActor {
             UpstreamEvent::Done => self.on_done(ctx),
             UpstreamEvent::Notice(notice) => self.report(notice, ctx),
             UpstreamEvent::Failed(error) => {
-                self.upstream = None; // the upstream already dropped the session
-                self.report(error, ctx);
+                // The upstream already dropped the session: it ends here too,
+                // even for codes that leave a session open when the browser
+                // causes them (e.g. thoth refusing the audio).
+                self.upstream = None;
+                let close = error.code.close_code().unwrap_or(1011);
+                let description = error.code.as_str();
+                self.report(error.clone(), ctx);
+                if self.phase != Phase::Closed {
+                    self.close(close, description, ctx);
+                }
             }
         }
         metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());

@@ -11,7 +11,7 @@
 //! finished replayed first (see `replay.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,9 +53,13 @@ const WRITER_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest pause between reconnection attempts while sessions wait to resume.
 const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Bytes queued toward one thoth socket before it counts as stalled (thoth
-/// stopped reading): bounds the gateway's memory whatever thoth does.
+/// Live bytes queued toward one thoth socket above which the writer must show
+/// progress within `OUTBOUND_STALL_AFTER`, or thoth counts as not reading.
 pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Over `MAX_OUTBOUND_QUEUE_BYTES` × this, the socket is given up at once:
+/// the hard memory bound, whatever thoth does.
+const OUTBOUND_HARD_FACTOR: usize = 8;
+const OUTBOUND_STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything a ThothUpstreamActor needs to know about its endpoint.
 #[derive(Clone)]
@@ -135,14 +139,21 @@ impl StallWatch {
 struct Outgoing {
     message: WsMessage,
     received: Option<Instant>,
+    /// Bytes counted against the queue bound (0 for replayed audio, which
+    /// the replay buffers bound already).
+    counted: usize,
 }
 
 /// An open socket: a bounded writer task and a reader stream on this actor.
 struct OpenSocket {
     generation: u64,
     outbound: mpsc::UnboundedSender<Outgoing>,
-    /// Bytes handed to the writer and not yet written to the socket.
+    /// Live bytes handed to the writer and not yet written to the socket.
     queued_bytes: Arc<AtomicUsize>,
+    /// Flushes the writer completed: its progress.
+    flushes: Arc<AtomicU64>,
+    /// When the queue went over its soft bound, and the flush count then.
+    over_bound: Option<(Instant, u64)>,
     reader: SpawnHandle,
     /// Owns the socket's write half; aborted if it cannot finish closing.
     writer: actix_rt::task::JoinHandle<()>,
@@ -241,6 +252,11 @@ impl ThothUpstreamActor {
             last_error: None,
             resume_deadline: None,
         }
+    }
+
+    /// Whether the open socket is the one of `generation`.
+    fn socket_is(&self, generation: u64) -> bool {
+        matches!(&self.link, Link::Open(socket) if socket.generation == generation)
     }
 
     fn is_mux(&self) -> bool {
@@ -385,11 +401,16 @@ impl ThothUpstreamActor {
             self.sessions.len()
         );
         for session_id in self.session_ids(|slot| slot.resuming) {
+            if !self.socket_is(generation) {
+                break; // lost again while resuming: the next socket resumes the rest
+            }
             self.resume_session(session_id, ctx);
         }
-        self.resume_deadline = None;
-        for session_id in self.session_ids(|slot| slot.phase == Phase::Waiting) {
-            self.start_session(session_id, ctx);
+        if self.socket_is(generation) {
+            self.resume_deadline = None;
+            for session_id in self.session_ids(|slot| slot.phase == Phase::Waiting) {
+                self.start_session(session_id, ctx);
+            }
         }
         // Everyone may have left while we were connecting.
         self.sessions_changed(ctx);
@@ -399,7 +420,9 @@ impl ThothUpstreamActor {
         self.last_error = Some(failure.to_string());
         self.set_link(Link::Down);
         let resuming = self.resume_deadline.is_some_and(|d| Instant::now() < d);
-        if resuming && matches!(failure, ConnectFailure::Unreachable(_)) {
+        // A thoth that is restarting may answer oddly for a while; only a
+        // refusal of our credentials is final.
+        if resuming && !matches!(failure, ConnectFailure::Refused(_)) {
             // Sessions wait to resume: keep trying until their deadline.
             let pause = (self.config.retry_base * 4).min(MAX_RESUME_BACKOFF);
             log::warn!(
@@ -429,6 +452,8 @@ impl ThothUpstreamActor {
         let (outbound, mut queue) = mpsc::unbounded_channel::<Outgoing>();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let writer_bytes = queued_bytes.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let writer_flushes = flushes.clone();
         let actor = ctx.address();
         let writer = actix_rt::spawn(async move {
             // Receive times of the audio in the current batch, observed once
@@ -437,13 +462,19 @@ impl ThothUpstreamActor {
             let result: Result<(), actix_http::ws::ProtocolError> = async {
                 while let Some(first) = queue.recv().await {
                     let mut next = Some(first);
-                    while let Some(Outgoing { message, received }) = next {
-                        writer_bytes.fetch_sub(message_len(&message), Ordering::Relaxed);
+                    while let Some(Outgoing {
+                        message,
+                        received,
+                        counted,
+                    }) = next
+                    {
+                        writer_bytes.fetch_sub(counted, Ordering::Relaxed);
                         stamps.extend(received);
                         sink.feed(message).await?;
                         next = queue.try_recv().ok();
                     }
                     sink.flush().await?;
+                    writer_flushes.fetch_add(1, Ordering::Relaxed);
                     for received in stamps.drain(..) {
                         metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
                     }
@@ -467,6 +498,8 @@ impl ThothUpstreamActor {
             generation,
             outbound,
             queued_bytes,
+            flushes,
+            over_bound: None,
             reader,
             writer,
             since: Utc::now(),
@@ -489,21 +522,72 @@ impl ThothUpstreamActor {
         received: Option<Instant>,
         ctx: &mut Context<Self>,
     ) {
+        let len = message_len(&message);
+        if let Some(stall) = self.check_queue(len) {
+            self.link_lost(stall, ctx);
+            return;
+        }
+        self.enqueue(
+            Outgoing {
+                message,
+                received,
+                counted: len,
+            },
+            ctx,
+        );
+    }
+
+    /// Queues replayed audio: bounded by the sessions' replay buffers, so it
+    /// does not count against the live queue (a resume after a long outage
+    /// must not look like a thoth that stopped reading).
+    fn send_replay(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        let message = WsMessage::Binary(frame);
+        self.enqueue(
+            Outgoing {
+                message,
+                received: None,
+                counted: 0,
+            },
+            ctx,
+        );
+    }
+
+    fn enqueue(&mut self, outgoing: Outgoing, ctx: &mut Context<Self>) {
         let Link::Open(socket) = &self.link else {
             return;
         };
-        let len = message_len(&message);
-        if socket.queued_bytes.load(Ordering::Relaxed) + len > MAX_OUTBOUND_QUEUE_BYTES {
-            self.link_lost("thoth is not reading (outbound queue full)", ctx);
-            return;
-        }
-        socket.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if socket
-            .outbound
-            .send(Outgoing { message, received })
-            .is_err()
-        {
+        socket
+            .queued_bytes
+            .fetch_add(outgoing.counted, Ordering::Relaxed);
+        if socket.outbound.send(outgoing).is_err() {
             self.link_lost("writer stopped", ctx);
+        }
+    }
+
+    /// Whether queueing `len` more live bytes means thoth stopped reading:
+    /// over the hard bound, or over the soft bound with no write completed
+    /// for `OUTBOUND_STALL_AFTER`.
+    fn check_queue(&mut self, len: usize) -> Option<&'static str> {
+        let Link::Open(socket) = &mut self.link else {
+            return None;
+        };
+        let queued = socket.queued_bytes.load(Ordering::Relaxed) + len;
+        if queued > MAX_OUTBOUND_QUEUE_BYTES * OUTBOUND_HARD_FACTOR {
+            return Some("thoth is not reading (outbound queue at its hard bound)");
+        }
+        if queued <= MAX_OUTBOUND_QUEUE_BYTES {
+            socket.over_bound = None;
+            return None;
+        }
+        let flushes = socket.flushes.load(Ordering::Relaxed);
+        match socket.over_bound {
+            Some((since, seen)) if seen == flushes => (since.elapsed() >= OUTBOUND_STALL_AFTER)
+                .then_some("thoth is not reading (no write progress)"),
+            // Newly over the bound, or the writer progressed: watch from now.
+            _ => {
+                socket.over_bound = Some((Instant::now(), flushes));
+                None
+            }
         }
     }
 
@@ -547,7 +631,7 @@ impl ThothUpstreamActor {
         let (format, ending) = (slot.format, slot.phase == Phase::Ending);
         self.send_command(MuxCommand::start(&session_id, format, offset_ms), ctx);
         for frame in frames {
-            self.send(WsMessage::Binary(frame), ctx);
+            self.send_replay(frame, ctx);
         }
         if ending {
             self.send_command(
@@ -626,6 +710,7 @@ impl ThothUpstreamActor {
             let _ = socket.outbound.send(Outgoing {
                 message: WsMessage::Close(Some(CloseReason::from(code))),
                 received: None,
+                counted: 0,
             });
             // Dropping the sender lets the writer flush, close and end. A peer
             // that stopped reading would keep it (and its queue) forever, so
