@@ -21,8 +21,12 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
+rm -f "${CARGO_TARGET_DIR:-target}/tmp/figures.txt"
 cargo test --all-targets
 cargo test --doc
 
 step "browser test (headless Chromium)"
 GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/chronus-gateway" bash tests/browser/run.sh
+
+step "figures measured by the test suite"
+cat "${CARGO_TARGET_DIR:-target}/tmp/figures.txt" 2>/dev/null || echo "(none)"

@@ -581,7 +581,7 @@ async fn every_session_survives(outage: Outage) {
     let rss_after = rss_kib();
 
     resumed_after.sort();
-    println!(
+    report_figure(&format!(
         "FIGURES {}: sessions {}, results checked {results_checked}, outage {} ms, socket back \
          {} ms after thoth returned, every session's first post-restart final within {} ms \
          (median {} ms), RSS {:.1} MiB before -> {:.1} MiB after",
@@ -593,7 +593,7 @@ async fn every_session_survives(outage: Outage) {
         ms(resumed_after[outage.sessions / 2]),
         mib(rss_before),
         mib(rss_after),
-    );
+    ));
     gateway.stop().await;
     thoth.stop();
 }
@@ -719,12 +719,12 @@ async fn thoth_that_never_returns_ends_every_session_with_thoth_unavailable_in_t
     assert_eq!(report["thoth"][0]["state"], "down", "{report}");
     assert!(report["thoth"][0]["lastError"].is_string());
     ended_after.sort();
-    println!(
+    report_figure(&format!(
         "FIGURES thoth gone: sessions {SESSIONS}, THOTH_UNAVAILABLE {}..{} ms after thoth stopped \
          (THOTH_RESUME_TIMEOUT_SECS=2)",
         ms(ended_after[0]),
         ms(*ended_after.last().unwrap())
-    );
+    ));
     gateway.stop().await;
 }
 
@@ -788,11 +788,11 @@ async fn a_browser_flooding_audio_is_rate_limited_and_others_are_unaffected() {
         "flooder passed {flood_secs_admitted} s of audio in {flood_lasted:?}"
     );
     assert_nothing_left(&gateway, Duration::from_secs(5)).await;
-    println!(
+    report_figure(&format!(
         "FIGURES flood: flooder sent {flood_frames_sent} s of audio in {} ms, {flood_secs_admitted:.1} s \
          reached thoth, {flood_finals} finals before RATE_LIMITED; {BYSTANDERS} bystanders exact",
         ms(flood_lasted)
-    );
+    ));
     gateway.stop().await;
     thoth.stop();
 }
@@ -1278,7 +1278,7 @@ async fn five_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         stats.sessions_ended()
     );
     let rss_after = rss_kib();
-    println!(
+    report_figure(&format!(
         "FIGURES cycles: {TOTAL} connect/disconnect cycles ({AT_A_TIME} at a time) in {} ms \
          ({:.0}/s); refCount and sessionsOpen 0 {} ms later; thoth sessions started {} = ended {} \
          (cancelled {}, done {}); RSS {:.1} MiB before -> {:.1} MiB after ({:+.1} MiB)",
@@ -1292,7 +1292,7 @@ async fn five_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         mib(rss_before),
         mib(rss_after),
         mib(rss_after) - mib(rss_before),
-    );
+    ));
     assert!(
         rss_after.saturating_sub(rss_before) < MAX_RSS_GROWTH_KIB,
         "RSS grew by {:.1} MiB",

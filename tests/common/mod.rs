@@ -278,3 +278,20 @@ where
 pub fn ws_url(gateway: &RunningGateway, path_and_query: &str) -> String {
     format!("ws://{}{}", gateway.public_addr, path_and_query)
 }
+
+/// Prints a measured figure and keeps it in `figures.txt` under cargo's
+/// test scratch directory, so the test command can show it after a run that
+/// captured the test output.
+pub fn report_figure(line: &str) {
+    println!("{line}");
+    if let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(dir).join("figures.txt"))
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
