@@ -1,5 +1,6 @@
 //! Audio formats the browser may send, and the exact conversions between them.
 
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{ErrorCode, GatewayError};
@@ -73,6 +74,21 @@ impl AudioFormat {
             ))
         }
     }
+}
+
+/// Decodes the `data` of a `{"type":"audio"}` text frame: standard, padded
+/// base64. Whether the result is a whole number of samples is checked after,
+/// exactly as for a binary frame.
+pub fn decode_base64_audio(data: &str) -> Result<Bytes, GatewayError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map(Bytes::from)
+        .map_err(|_| {
+            GatewayError::with_message(
+                ErrorCode::InvalidAudioFormat,
+                "Audio data is not valid base64",
+            )
+        })
 }
 
 /// Converts 16-bit samples to 32-bit floats as `sample / 32768.0` (exact: every

@@ -18,8 +18,9 @@ pub enum ClientMessage {
         data: String,
     },
     /// No more audio: flush, deliver the last results, `done`, close.
-    End,
-    Ping,
+    /// (Empty struct variants, so serde refuses unknown fields as for the others.)
+    End {},
+    Ping {},
     /// A fresh token for the same user before the current one expires.
     Auth {
         token: String,
@@ -102,11 +103,11 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"end"}"#).unwrap(),
-            ClientMessage::End
+            ClientMessage::End {}
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(),
-            ClientMessage::Ping
+            ClientMessage::Ping {}
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"auth","token":"t"}"#).unwrap(),

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::LocalBoxFuture;
 use uuid::Uuid;
 
-use crate::audio::{s16le_to_f32le, AudioFormat};
+use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
@@ -261,20 +260,12 @@ impl ClientActor {
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         match ClientMessage::parse(text) {
-            Ok(ClientMessage::Audio { data }) => {
-                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
-                    Ok(audio) => self.on_audio(Bytes::from(audio), ctx),
-                    Err(_) => self.report(
-                        GatewayError::with_message(
-                            ErrorCode::InvalidAudioFormat,
-                            "Audio data is not valid base64",
-                        ),
-                        ctx,
-                    ),
-                }
-            }
-            Ok(ClientMessage::End) => self.on_end(),
-            Ok(ClientMessage::Ping) => self.send_text(ServerEvent::Pong.to_json(), ctx),
+            Ok(ClientMessage::Audio { data }) => match decode_base64_audio(&data) {
+                Ok(audio) => self.on_audio(audio, ctx),
+                Err(e) => self.report(e, ctx),
+            },
+            Ok(ClientMessage::End {}) => self.on_end(),
+            Ok(ClientMessage::Ping {}) => self.send_text(ServerEvent::Pong.to_json(), ctx),
             Ok(ClientMessage::Auth { token }) => self.refresh_token(&token, ctx),
             Err(e) => self.report(e, ctx),
         }
