@@ -23,3 +23,6 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 cargo test --all-targets
 cargo test --doc
+
+step "benchmark smoke (debug gateway; docs/performance.md)"
+cargo run --example bench -- --smoke --gateway-bin "${CARGO_TARGET_DIR:-target}/debug/chronus-gateway"

@@ -37,8 +37,8 @@ fn parse_args(args: &[String]) -> Result<DemoArgs, String> {
             "--legacy" => parsed.legacy = true,
             other => {
                 return Err(format!(
-                    "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, --legacy)"
-                ))
+                "unknown option {other:?} (demo takes --bind, --admin-bind, --data-dir, --legacy)"
+            ))
             }
         }
     }
@@ -88,7 +88,8 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let config = crate::config::Config::from_map(&env)?;
-    let token = crate::auth::mint_hs256(jwt_secret.as_bytes(), DEMO_USER, TOKEN_TTL_SECS, None, None)?;
+    let token =
+        crate::auth::mint_hs256(jwt_secret.as_bytes(), DEMO_USER, TOKEN_TTL_SECS, None, None)?;
 
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
@@ -105,7 +106,11 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
              \n  websocat -b 'ws://{public}/api/audio/transcribe?token={token}'\n\
              \nPress Ctrl-C to stop.\n",
             thoth_url = thoth.url(),
-            mode = if args.legacy { "legacy protocol" } else { "mux protocol v1" },
+            mode = if args.legacy {
+                "legacy protocol"
+            } else {
+                "mux protocol v1"
+            },
         );
         gateway.wait().await?;
         thoth.stop();

@@ -82,7 +82,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
     let database = web::block(move || db::Database::connect(&database_url)).await??;
-    log::info!("database: {} ({})", database.backend(), database.redacted_url());
+    log::info!(
+        "database: {} ({})",
+        database.backend(),
+        database.redacted_url()
+    );
     let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
     let state = web::Data::new(AppState {
         jwt: JwtValidator::new(&config.jwt)?,
