@@ -52,6 +52,8 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --smoke             20 real-time sessions for 2 s + direct; exit 1 on any failure
   --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
   --json PATH         also write the results as JSON
+  --perf PATH         record a perf profile (cpu-clock, DWARF call graphs) of the
+                      gateway during the measured window (needs `perf`)
 ";
 
 /// A benchmark figure: one mode, one size, through the gateway and/or direct.
@@ -70,6 +72,8 @@ struct Options {
     gateway_bin: Option<PathBuf>,
     json: Option<PathBuf>,
     users: Option<usize>,
+    /// Record a `perf` profile of the gateway during each window, to this file.
+    perf: Option<PathBuf>,
 }
 
 fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
@@ -111,6 +115,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         gateway_bin: None,
         json: None,
         users: None,
+        perf: None,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
@@ -143,6 +148,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--gateway-bin" => {
                 opts.gateway_bin = Some(it.next().ok_or("--gateway-bin needs a path")?.into())
             }
+            "--perf" => opts.perf = Some(it.next().ok_or("--perf needs a path")?.into()),
             "--json" => opts.json = Some(it.next().ok_or("--json needs a path")?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
@@ -225,8 +231,9 @@ fn run_side(
     figure: &Figure,
     side: Side,
     binary: &std::path::Path,
-    users: Option<usize>,
+    opts: &Options,
 ) -> Result<RunRecord, String> {
+    let users = opts.users;
     let plan = &figure.plan;
     let thoth = FakeThoth::start().map_err(|e| format!("fake thoth: {e}"))?;
     let load_before = gateway::load_average();
@@ -253,7 +260,8 @@ fn run_side(
     let pid = gateway.as_ref().map(|g| g.pid());
     let rss_idle = pid.and_then(gateway::rss_kib).map(|r| r.0);
     let timeline = Timeline::new(plan);
-    let sampler = std::thread::spawn(move || sample_window(pid, timeline));
+    let perf = opts.perf.clone();
+    let sampler = std::thread::spawn(move || sample_window(pid, timeline, perf));
     let own_cpu_before = gateway::own_cpu_seconds();
     let result = load::run(plan, &target, timeline);
     let own_cpu = gateway::own_cpu_seconds() - own_cpu_before;
@@ -298,7 +306,7 @@ struct WindowSample {
 
 /// Reads the gateway's CPU at the window's start and end, and its RSS at the
 /// end (every session is still held then).
-fn sample_window(pid: Option<u32>, tl: Timeline) -> WindowSample {
+fn sample_window(pid: Option<u32>, tl: Timeline, perf: Option<PathBuf>) -> WindowSample {
     let Some(pid) = pid else {
         return WindowSample {
             cpu_seconds: None,
@@ -309,6 +317,7 @@ fn sample_window(pid: Option<u32>, tl: Timeline) -> WindowSample {
         tl.window_start
             .saturating_duration_since(std::time::Instant::now()),
     );
+    let profiler = perf.and_then(|path| gateway::start_perf(pid, &path));
     let before = gateway::cpu_seconds(pid);
     std::thread::sleep(
         tl.window_end
@@ -316,6 +325,9 @@ fn sample_window(pid: Option<u32>, tl: Timeline) -> WindowSample {
             .saturating_sub(Duration::from_millis(5)),
     );
     let after = gateway::cpu_seconds(pid);
+    if let Some(profiler) = profiler {
+        gateway::stop_perf(profiler);
+    }
     let rss_end_kib = gateway::rss_kib(pid).map(|r| r.0);
     WindowSample {
         cpu_seconds: before.zip(after).map(|(b, a)| a - b),
@@ -343,7 +355,7 @@ fn run_figure(
                 opts.repeat,
                 gateway::load_average()
             );
-            let record = run_side(figure, side, binary, opts.users)?;
+            let record = run_side(figure, side, binary, opts)?;
             eprintln!("{}", record.one_line());
             records.push(record);
         }

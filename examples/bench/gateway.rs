@@ -223,3 +223,49 @@ pub fn raise_fd_limit() -> u64 {
         limit.rlim_cur
     }
 }
+
+/// Starts `perf record` on the gateway (our child, by pid): cpu-clock
+/// samples, since hardware counters may be missing in a VM.
+pub fn start_perf(pid: u32, path: &Path) -> Option<Child> {
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,8192",
+            "-o",
+        ])
+        .arg(path)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("bench: cannot start perf: {e}");
+            None
+        }
+    }
+}
+
+/// Stops `perf record` with SIGINT (it then writes its file), bounded.
+pub fn stop_perf(mut perf: Child) {
+    // SAFETY: signals our own child by its pid.
+    unsafe {
+        libc::kill(perf.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = perf.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = perf.kill();
+    let _ = perf.wait();
+}
