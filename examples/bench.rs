@@ -14,6 +14,8 @@ mod audio;
 mod gateway;
 #[path = "bench/load.rs"]
 mod load;
+#[path = "bench/micro.rs"]
+mod micro;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/thoth.rs"]
@@ -49,6 +51,7 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --from N --to N --step N   (defaults 1000, 8000, 500)
   --suite             every figure of docs/performance.md
   --repeat R          run each figure R times, report medians (default 1)
+  --micro             CPU cost of the gateway's per-frame library work (no sockets)
   --smoke             20 real-time sessions for 2 s + direct; exit 1 on any failure
   --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
   --json PATH         also write the results as JSON
@@ -74,6 +77,7 @@ struct Options {
     users: Option<usize>,
     /// Record a `perf` profile of the gateway during each window, to this file.
     perf: Option<PathBuf>,
+    micro: bool,
 }
 
 fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
@@ -116,6 +120,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         json: None,
         users: None,
         perf: None,
+        micro: false,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
@@ -143,6 +148,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--to" => to = num(it.next(), arg)? as usize,
             "--step" => step = (num(it.next(), arg)? as usize).max(1),
             "--suite" => suite = true,
+            "--micro" => opts.micro = true,
             "--repeat" => opts.repeat = (num(it.next(), arg)? as usize).max(1),
             "--smoke" => opts.smoke = true,
             "--gateway-bin" => {
@@ -391,6 +397,10 @@ fn main() -> ExitCode {
 
 /// Runs everything asked for; `Ok(false)` when a check failed.
 fn run(opts: Options) -> Result<bool, String> {
+    if opts.micro {
+        micro::run();
+        return Ok(true);
+    }
     let binary = match &opts.gateway_bin {
         Some(path) => path.clone(),
         None => gateway::default_binary()?,
