@@ -279,10 +279,7 @@ fn run_side(
     } else {
         None
     };
-    let thoth_unknown = thoth
-        .stats
-        .unknown_session
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let thoth_checks = report::ThothChecks::from_stats(&thoth.stats);
     drop(gateway);
     drop(thoth);
     Ok(RunRecord::new(
@@ -300,7 +297,7 @@ fn run_side(
             load_after: gateway::load_average(),
             gateway_log_lines,
             gateway_log_tail,
-            thoth_unknown_session: thoth_unknown,
+            thoth: thoth_checks,
         },
     ))
 }
@@ -455,7 +452,14 @@ fn run(opts: Options) -> Result<bool, String> {
                 r.side.as_str(),
                 r.failures()
             );
-            for e in &r.result.errors {
+            eprintln!("  client checks: {:?}", r.result.failures);
+            eprintln!(
+                "  thoth checks: {} unknown-session, {} corrupt, {} misrouted",
+                r.process.thoth.unknown_session,
+                r.process.thoth.corrupt_frames,
+                r.process.thoth.misrouted_frames
+            );
+            for e in r.result.errors.iter().chain(&r.process.thoth.problems) {
                 eprintln!("  {e}");
             }
             if let Some(tail) = &r.process.gateway_log_tail {

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use crate::audio::{fill_frame, find_ack, RunningChecksum, FRAME_BYTES, FRAME_INTERVAL};
+use crate::audio::{fill_frame, find_ack, Ack, RunningChecksum, FRAME_BYTES, FRAME_INTERVAL};
 use crate::thoth::MUX_SUBPROTOCOL;
 
 /// A connection, handshake included, must succeed within this.
@@ -270,6 +270,7 @@ fn micros(d: Duration) -> u64 {
 
 /// A frame sent and not yet acknowledged.
 struct Pending {
+    frame: u64,
     bytes: u64,
     checksum: u64,
     sent_at: Instant,
@@ -314,6 +315,7 @@ impl Track {
         }
         result.frames_total += 1;
         self.pending.push_back(Pending {
+            frame: self.frames - 1,
             bytes: self.bytes,
             checksum: self.checksum.0,
             sent_at: now,
@@ -323,22 +325,31 @@ impl Track {
     }
 
     /// Checks an ack against the oldest outstanding frame.
-    fn on_ack(&mut self, bytes: u64, checksum: u64, tl: &Timeline, result: &mut LoadResult) {
+    fn on_ack(&mut self, ack: Ack, tl: &Timeline, result: &mut LoadResult) {
         let now = Instant::now();
         result.acks_total += 1;
         let Some(expected) = self.pending.pop_front() else {
             result.failures.unexpected_ack += 1;
             result.error(format!(
-                "session {}: ack for {bytes} bytes with nothing outstanding",
-                self.session
+                "session {}: ack for {} bytes with nothing outstanding",
+                self.session, ack.bytes
             ));
             return;
         };
-        if expected.bytes != bytes || expected.checksum != checksum {
+        if expected.bytes != ack.bytes
+            || expected.checksum != ack.checksum
+            || (ack.session, ack.frame) != (self.session, expected.frame)
+        {
             result.failures.mismatched_ack += 1;
             result.error(format!(
-                "session {}: ack {bytes}/{checksum:016x}, expected {}/{:016x}",
-                self.session, expected.bytes, expected.checksum
+                "session {}: ack of {} bytes ending with session {} frame {}, expected {} bytes ending with frame {} (checksum {})",
+                self.session,
+                ack.bytes,
+                ack.session,
+                ack.frame,
+                expected.bytes,
+                expected.frame,
+                if expected.checksum == ack.checksum { "equal" } else { "differs" },
             ));
         }
         if expected.in_window {
@@ -474,7 +485,7 @@ async fn open_browser_session(addr: SocketAddr, token: &str) -> Result<Ws, Strin
 
 /// What a text frame from the gateway means to a session.
 enum Event {
-    Ack(u64, u64),
+    Ack(Ack),
     Ready,
     Done,
     Error(String),
@@ -482,8 +493,8 @@ enum Event {
 }
 
 fn gateway_event(text: &str) -> Event {
-    if let Some((bytes, sum)) = find_ack(text, r#""data":""#) {
-        return Event::Ack(bytes, sum);
+    if let Some(ack) = find_ack(text, r#""data":""#) {
+        return Event::Ack(ack);
     }
     let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
         return Event::Error(format!("not JSON: {text:.120}"));
@@ -578,7 +589,7 @@ fn on_gateway_text(
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
     match gateway_event(text) {
-        Event::Ack(bytes, sum) => track.on_ack(bytes, sum, tl, &mut result.borrow_mut()),
+        Event::Ack(ack) => track.on_ack(ack, tl, &mut result.borrow_mut()),
         Event::Done => track.done = true,
         Event::Error(e) => {
             result.borrow_mut().failures.error_event += 1;
@@ -842,8 +853,8 @@ async fn direct(addr: SocketAddr, plan: &LoadPlan, tl: Timeline, result: Rc<RefC
             };
             let mut tracks = tracks.borrow_mut();
             let track = &mut tracks[index];
-            if let Some((bytes, sum)) = find_ack(text, r#""text":""#) {
-                track.on_ack(bytes, sum, &tl, &mut result.borrow_mut());
+            if let Some(ack) = find_ack(text, r#""text":""#) {
+                track.on_ack(ack, &tl, &mut result.borrow_mut());
                 acked.notify_one();
             } else if text.contains(r#""type":"session.done""#) {
                 track.done = true;

@@ -46,7 +46,7 @@ pub fn run() -> Vec<(&'static str, f64)> {
     sum.update(&audio);
     let ack = format!(
         r#"{{"type":"transcription","session_id":"{id}","text":"{}","is_final":false}}"#,
-        ack_text(1280, sum)
+        ack_text(1280, sum, (1, 1))
     );
     let sessions: HashMap<Uuid, u32> = (0..1000).map(|i| (Uuid::new_v4(), i)).collect();
     let keys: Vec<Uuid> = sessions.keys().copied().collect();

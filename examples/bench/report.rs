@@ -39,7 +39,35 @@ pub struct ProcessFigures {
     /// Lines the gateway logged at `warn` and above.
     pub gateway_log_lines: usize,
     pub gateway_log_tail: Option<String>,
-    pub thoth_unknown_session: u64,
+    pub thoth: ThothChecks,
+}
+
+/// What the fake thoth found wrong on its side of the relay.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ThothChecks {
+    /// Audio or `session.end` for a session that was not open.
+    pub unknown_session: u64,
+    /// Audio that is not exactly the frame it names.
+    pub corrupt_frames: u64,
+    /// Audio of the wrong session, or out of order, under a session id.
+    pub misrouted_frames: u64,
+    pub problems: Vec<String>,
+}
+
+impl ThothChecks {
+    pub fn from_stats(stats: &crate::thoth::ThothStats) -> ThothChecks {
+        use std::sync::atomic::Ordering::Relaxed;
+        ThothChecks {
+            unknown_session: stats.unknown_session.load(Relaxed),
+            corrupt_frames: stats.corrupt_frames.load(Relaxed),
+            misrouted_frames: stats.misrouted_frames.load(Relaxed),
+            problems: stats.problems.lock().map(|p| p.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.unknown_session + self.corrupt_frames + self.misrouted_frames
+    }
 }
 
 /// Named figures of one run (NaN: not applicable).
@@ -126,7 +154,11 @@ impl RunRecord {
                 ms(result.send_lag.value_at_quantile(0.99))
             },
         );
-        f.insert("failures", result.failures.total() as f64);
+        // Client-side checks plus what the fake thoth found on its side.
+        f.insert(
+            "failures",
+            (result.failures.total() + process.thoth.total()) as f64,
+        );
         f.insert("sessions_ready", result.sessions_ready as f64);
         f.insert("ready_late", result.ready_late as f64);
         let cpu = process.cpu_seconds.unwrap_or(f64::NAN);
@@ -174,7 +206,7 @@ impl RunRecord {
     }
 
     pub fn failures(&self) -> u64 {
-        self.result.failures.total() + self.process.thoth_unknown_session
+        self.result.failures.total() + self.process.thoth.total()
     }
 
     pub fn one_line(&self) -> String {
@@ -225,8 +257,6 @@ pub fn median_record<'a>(runs: impl Iterator<Item = &'a RunRecord>) -> Figures {
             };
             out.insert(key, v);
         }
-        let extra: u64 = runs.iter().map(|r| r.process.thoth_unknown_session).sum();
-        *out.entry("failures").or_insert(0.0) += extra as f64;
     }
     out
 }
@@ -412,7 +442,7 @@ pub fn json(records: &[RunRecord], repeat: usize, find_max: Option<&FindMax>) ->
                 "client_threads": r.plan.client_threads,
                 "figures": figures_json(&r.figures),
                 "failures": r.result.failures,
-                "thoth_unknown_session": r.process.thoth_unknown_session,
+                "thoth_checks": r.process.thoth,
                 "gateway_log_lines": r.process.gateway_log_lines,
                 "errors": r.result.errors,
             })

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::audio::{ack_text, RunningChecksum};
+use crate::audio::{ack_text, check_frame, RunningChecksum};
 
 /// The subprotocol the gateway offers and thoth must select.
 pub const MUX_SUBPROTOCOL: &str = "thoth.mux.v1";
@@ -41,6 +41,23 @@ pub struct ThothStats {
     pub unknown_session: AtomicU64,
     /// Frames that are not mux v1 at all.
     pub bad_frames: AtomicU64,
+    /// Audio that is not exactly the frame it names (corruption).
+    pub corrupt_frames: AtomicU64,
+    /// Audio of one session under another's id, or out of order (cross-talk,
+    /// loss, reordering), seen from thoth's side.
+    pub misrouted_frames: AtomicU64,
+    /// The first few problems, for the report.
+    pub problems: std::sync::Mutex<Vec<String>>,
+}
+
+impl ThothStats {
+    fn problem(&self, text: String) {
+        if let Ok(mut problems) = self.problems.lock() {
+            if problems.len() < 8 {
+                problems.push(text);
+            }
+        }
+    }
 }
 
 /// A running fake thoth. Dropping it stops its thread (bounded wait).
@@ -134,6 +151,10 @@ struct Session {
     id_text: String,
     bytes: u64,
     checksum: RunningChecksum,
+    /// The (session number, next frame number) its audio claimed so far.
+    expected: Option<(u32, u64)>,
+    /// The (session, frame) numbers of the last frame.
+    last: (u32, u64),
 }
 
 async fn serve(
@@ -151,18 +172,19 @@ async fn serve(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut sessions: HashMap<Uuid, Session> = HashMap::new();
     let mut replies: Vec<Message> = Vec::with_capacity(MAX_REPLIES_PER_FLUSH);
+    let mut scratch = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let first = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
             Err(_) => continue,
             Ok(Some(Ok(message))) => message,
             Ok(_) => break,
         };
-        let mut closing = handle(first, &mut sessions, &mut replies, &stats);
+        let mut closing = handle(first, &mut sessions, &mut replies, &stats, &mut scratch);
         // Everything already decoded or readable is answered in one flush.
         while !closing && replies.len() < MAX_REPLIES_PER_FLUSH {
             match ws.next().now_or_never() {
                 Some(Some(Ok(message))) => {
-                    closing = handle(message, &mut sessions, &mut replies, &stats)
+                    closing = handle(message, &mut sessions, &mut replies, &stats, &mut scratch)
                 }
                 Some(_) => closing = true,
                 None => break,
@@ -186,6 +208,7 @@ fn handle(
     sessions: &mut HashMap<Uuid, Session>,
     replies: &mut Vec<Message>,
     stats: &ThothStats,
+    scratch: &mut Vec<u8>,
 ) -> bool {
     match message {
         Message::Binary(frame) => {
@@ -203,12 +226,30 @@ fn handle(
             stats
                 .audio_bytes
                 .fetch_add(audio.len() as u64, Ordering::Relaxed);
+            match check_frame(audio, scratch) {
+                Ok((number, frame)) => {
+                    let (expected_number, expected_frame) =
+                        session.expected.unwrap_or((number, frame));
+                    if (number, frame) != (expected_number, expected_frame) {
+                        stats.misrouted_frames.fetch_add(1, Ordering::Relaxed);
+                        stats.problem(format!(
+                            "session {id}: got session {number} frame {frame}, expected session {expected_number} frame {expected_frame}"
+                        ));
+                    }
+                    session.expected = Some((number, frame + 1));
+                    session.last = (number, frame);
+                }
+                Err(e) => {
+                    stats.corrupt_frames.fetch_add(1, Ordering::Relaxed);
+                    stats.problem(format!("session {id}: {e}"));
+                }
+            }
             session.bytes += audio.len() as u64;
             session.checksum.update(audio);
             replies.push(Message::text(format!(
                 r#"{{"type":"transcription","session_id":"{}","text":"{}","is_final":false}}"#,
                 session.id_text,
-                ack_text(session.bytes, session.checksum)
+                ack_text(session.bytes, session.checksum, session.last)
             )));
         }
         Message::Text(text) => on_command(text.as_str(), sessions, replies, stats),
@@ -244,6 +285,8 @@ fn on_command(
                     id_text: id.to_string(),
                     bytes: 0,
                     checksum: RunningChecksum::default(),
+                    expected: None,
+                    last: (u32::MAX, u64::MAX),
                 },
             );
         }
