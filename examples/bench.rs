@@ -55,7 +55,7 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --smoke             20 real-time sessions for 2 s + direct; exit 1 on any failure
   --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
   --json PATH         also write the results as JSON
-  --perf PATH         record a perf profile (cpu-clock, DWARF call graphs) of the
+  --perf PATH         record a perf profile (cpu-clock; BENCH_PERF_CALLGRAPH=1 for call graphs) of the
                       gateway during the measured window (needs `perf`)
 ";
 
@@ -207,7 +207,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         opts.find_max = Some((from, to.max(from), step, plan));
     } else {
         let plan = customize(plan_for(mode, sessions, seconds));
-        let name = format!("{}-{}", mode.as_str(), plan.sessions);
+        let name = if mode == Mode::Connect {
+            "connect".to_string()
+        } else {
+            format!("{}-{}", mode.as_str(), plan.sessions)
+        };
         let direct = direct && mode != Mode::Connect;
         opts.figures.push(figure(&name, plan, direct));
     }

@@ -225,19 +225,21 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// Starts `perf record` on the gateway (our child, by pid): cpu-clock
-/// samples, since hardware counters may be missing in a VM.
+/// samples, since hardware counters may be missing in a VM. Flat by default:
+/// DWARF call graphs copy each sampled stack and slow the gateway enough to
+/// change what is measured; `BENCH_PERF_CALLGRAPH=1` asks for them anyway
+/// (at a lower rate).
 pub fn start_perf(pid: u32, path: &Path) -> Option<Child> {
-    let child = Command::new("perf")
-        .args([
-            "record",
-            "-e",
-            "cpu-clock",
-            "-F",
-            "499",
-            "--call-graph",
-            "dwarf,8192",
-            "-o",
-        ])
+    let call_graph = std::env::var_os("BENCH_PERF_CALLGRAPH").is_some_and(|v| v == "1");
+    let mut command = Command::new("perf");
+    command.args(["record", "-e", "cpu-clock"]);
+    if call_graph {
+        command.args(["-F", "199", "--call-graph", "dwarf,16384"]);
+    } else {
+        command.args(["-F", "999"]);
+    }
+    let child = command
+        .arg("-o")
         .arg(path)
         .args(["-p", &pid.to_string()])
         .stdin(Stdio::null())
