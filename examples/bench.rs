@@ -193,6 +193,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         opts.figures.push(figure("smoke", plan, true));
     } else if suite {
         for (name, mode, n, with_direct) in [
+            ("realtime-250", Mode::Realtime, 250, true),
             ("realtime-1000", Mode::Realtime, 1000, true),
             ("realtime-3000", Mode::Realtime, 3000, true),
             ("sparse-10000", Mode::Sparse, 10_000, false),
