@@ -32,8 +32,9 @@ use crate::thoth::MUX_SUBPROTOCOL;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the window, sessions have this long to receive their last acks and `done`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Error texts kept for the report, at most.
-const MAX_ERROR_SAMPLES: usize = 8;
+/// Error texts kept for the report, at most, and at most this many per session.
+const MAX_ERROR_SAMPLES: usize = 24;
+const MAX_ERROR_SAMPLES_PER_SESSION: usize = 2;
 /// Sparse sessions send one frame this often.
 const SPARSE_INTERVAL: Duration = Duration::from_secs(1);
 /// Latency histogram range: 1 µs .. 120 s, 3 significant digits.
@@ -261,8 +262,19 @@ impl LoadResult {
         }
     }
 
+    /// Keeps a sample of error texts: a few per session, so that one
+    /// session's many errors do not hide other kinds.
     fn error(&mut self, text: String) {
-        if self.errors.len() < MAX_ERROR_SAMPLES {
+        if self.errors.len() >= MAX_ERROR_SAMPLES {
+            return;
+        }
+        let session = text.split(':').next().unwrap_or_default().to_string();
+        let same = self
+            .errors
+            .iter()
+            .filter(|e| e.split(':').next() == Some(session.as_str()))
+            .count();
+        if same < MAX_ERROR_SAMPLES_PER_SESSION {
             self.errors.push(text);
         }
     }
