@@ -402,7 +402,8 @@ pub fn keeps_up(n: usize, f: &Figures) -> bool {
     f["p99_ms"] < 50.0 && f["frames_per_s"] >= 0.98 * expected
 }
 
-/// Raises N from `from` by `step` until a run fails (or `to` is passed).
+/// Raises N from `from` by `step` until two runs in a row miss the latency or
+/// rate target (or `to` is passed).
 pub fn find_max(
     from: &usize,
     to: &usize,
@@ -416,6 +417,7 @@ pub fn find_max(
         trials: Vec::new(),
     };
     let mut n = *from;
+    let mut misses = 0;
     while n <= *to {
         let mut trial = plan.clone();
         trial.sessions = n;
@@ -429,8 +431,12 @@ pub fn find_max(
         }
         if keeps_up {
             out.largest_keeping_up = Some(n);
+            misses = 0;
         } else {
-            break; // past capacity: larger N only take longer to fail
+            misses += 1;
+            if misses == 2 {
+                break; // past capacity: larger N only take longer to fail
+            }
         }
         n += *step;
     }
