@@ -25,6 +25,9 @@ rm -f "${CARGO_TARGET_DIR:-target}/tmp/figures.txt"
 cargo test --all-targets
 cargo test --doc
 
+step "benchmark smoke (debug gateway; docs/performance.md)"
+cargo run --example bench -- --smoke --gateway-bin "${CARGO_TARGET_DIR:-target}/debug/chronus-gateway"
+
 step "browser test (headless Chromium)"
 GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/chronus-gateway" bash tests/browser/run.sh
 

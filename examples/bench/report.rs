@@ -1,0 +1,494 @@
+//! Figures derived from a run, medians over repeats, the table and the JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::audio::FRAME_INTERVAL;
+use crate::load::{LoadPlan, LoadResult, Mode};
+
+/// Where the load went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Gateway,
+    Direct,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Gateway => "gateway",
+            Side::Direct => "direct",
+        }
+    }
+}
+
+/// What was read from the gateway process and the machine.
+pub struct ProcessFigures {
+    /// Gateway CPU seconds (user + system) inside the window.
+    pub cpu_seconds: Option<f64>,
+    pub rss_idle_kib: Option<u64>,
+    /// RSS at the end of the window, every session still held.
+    pub rss_held_kib: Option<u64>,
+    pub rss_peak_kib: Option<u64>,
+    /// The bench process's own CPU (load generator + fake thoth), whole run.
+    pub own_cpu_seconds: f64,
+    pub load_before: f64,
+    pub load_after: f64,
+    /// Lines the gateway logged at `warn` and above.
+    pub gateway_log_lines: usize,
+    pub gateway_log_tail: Option<String>,
+    pub thoth: ThothChecks,
+}
+
+/// What the fake thoth found wrong on its side of the relay.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ThothChecks {
+    /// Audio or `session.end` for a session that was not open.
+    pub unknown_session: u64,
+    /// Audio that is not exactly the frame it names.
+    pub corrupt_frames: u64,
+    /// Audio of the wrong session, or out of order, under a session id.
+    pub misrouted_frames: u64,
+    pub problems: Vec<String>,
+}
+
+impl ThothChecks {
+    pub fn from_stats(stats: &crate::thoth::ThothStats) -> ThothChecks {
+        use std::sync::atomic::Ordering::Relaxed;
+        ThothChecks {
+            unknown_session: stats.unknown_session.load(Relaxed),
+            corrupt_frames: stats.corrupt_frames.load(Relaxed),
+            misrouted_frames: stats.misrouted_frames.load(Relaxed),
+            problems: stats.problems.lock().map(|p| p.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.unknown_session + self.corrupt_frames + self.misrouted_frames
+    }
+}
+
+/// Named figures of one run (NaN: not applicable).
+pub type Figures = BTreeMap<&'static str, f64>;
+
+/// One run of one figure on one side.
+pub struct RunRecord {
+    pub figure: String,
+    pub side: Side,
+    pub plan: LoadPlan,
+    pub result: LoadResult,
+    pub process: ProcessFigures,
+    pub figures: Figures,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl RunRecord {
+    pub fn new(
+        figure: String,
+        side: Side,
+        plan: LoadPlan,
+        result: LoadResult,
+        process: ProcessFigures,
+    ) -> RunRecord {
+        let secs = plan.seconds;
+        let mut f = Figures::new();
+        let n = plan.sessions as f64;
+        f.insert(
+            "sessions",
+            if plan.mode == Mode::Connect {
+                f64::NAN
+            } else {
+                n
+            },
+        );
+        f.insert("seconds", secs);
+        // Real-time and sparse: frames sent in the window (each is checked);
+        // flood: frames acknowledged in the window (its throughput).
+        let (frames, bytes) = match plan.mode {
+            Mode::Flood => (result.acked_frames_in_window, result.acked_bytes_in_window),
+            Mode::Connect => (0, 0),
+            _ => (result.frames_in_window, result.bytes_in_window),
+        };
+        let nan_if_connect = |v: f64| {
+            if plan.mode == Mode::Connect {
+                f64::NAN
+            } else {
+                v
+            }
+        };
+        f.insert("frames_per_s", nan_if_connect(frames as f64 / secs));
+        f.insert("mb_per_s", nan_if_connect(bytes as f64 / secs / 1e6));
+        let lat = if plan.mode == Mode::Connect {
+            &result.connect_latency
+        } else {
+            &result.latency
+        };
+        let q = |p: f64| {
+            if lat.is_empty() {
+                f64::NAN
+            } else {
+                ms(lat.value_at_quantile(p))
+            }
+        };
+        f.insert("p50_ms", q(0.5));
+        f.insert("p99_ms", q(0.99));
+        f.insert("p999_ms", q(0.999));
+        f.insert(
+            "max_ms",
+            if lat.is_empty() {
+                f64::NAN
+            } else {
+                ms(lat.max())
+            },
+        );
+        f.insert(
+            "send_lag_p99_ms",
+            if result.send_lag.is_empty() {
+                f64::NAN
+            } else {
+                ms(result.send_lag.value_at_quantile(0.99))
+            },
+        );
+        // Client-side checks plus what the fake thoth found on its side.
+        f.insert(
+            "failures",
+            (result.failures.total() + process.thoth.total()) as f64,
+        );
+        f.insert("sessions_ready", result.sessions_ready as f64);
+        f.insert("ready_late", result.ready_late as f64);
+        let cpu = process.cpu_seconds.unwrap_or(f64::NAN);
+        f.insert("gw_cpu_s", cpu);
+        f.insert("gw_cpu_pct", cpu / secs * 100.0);
+        f.insert(
+            "gw_us_per_frame",
+            if frames > 0 {
+                cpu * 1e6 / frames as f64
+            } else {
+                f64::NAN
+            },
+        );
+        let mib = |k: Option<u64>| k.map_or(f64::NAN, |k| k as f64 / 1024.0);
+        f.insert("rss_idle_mib", mib(process.rss_idle_kib));
+        f.insert("rss_held_mib", mib(process.rss_held_kib));
+        f.insert("rss_peak_mib", mib(process.rss_peak_kib));
+        f.insert(
+            "kib_per_session",
+            match (process.rss_idle_kib, process.rss_held_kib) {
+                (Some(idle), Some(held)) if plan.mode != Mode::Connect => {
+                    (held as f64 - idle as f64) / n
+                }
+                _ => f64::NAN,
+            },
+        );
+        f.insert(
+            "connects_per_s",
+            if plan.mode == Mode::Connect {
+                result.connects_in_window as f64 / secs
+            } else {
+                f64::NAN
+            },
+        );
+        f.insert("bench_cpu_s", process.own_cpu_seconds);
+        f.insert("load_1m", process.load_after.max(process.load_before));
+        RunRecord {
+            figure,
+            side,
+            plan,
+            result,
+            process,
+            figures: f,
+        }
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.result.failures.total() + self.process.thoth.total()
+    }
+
+    pub fn one_line(&self) -> String {
+        let f = &self.figures;
+        format!(
+            "  {} sessions ready, {:.0} frames/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} failure(s), gateway CPU {:.1}% ({:.2} µs/frame), RSS idle {:.1} → held {:.1} MiB, send lag p99 {:.2} ms, load {:.2}",
+            self.result.sessions_ready,
+            f["frames_per_s"],
+            f["p50_ms"],
+            f["p99_ms"],
+            f["p999_ms"],
+            self.failures(),
+            f["gw_cpu_pct"],
+            f["gw_us_per_frame"],
+            f["rss_idle_mib"],
+            f["rss_held_mib"],
+            f["send_lag_p99_ms"],
+            f["load_1m"],
+        )
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Field-wise medians of several runs' figures (failures: the maximum).
+pub fn median_record<'a>(runs: impl Iterator<Item = &'a RunRecord>) -> Figures {
+    let runs: Vec<&RunRecord> = runs.collect();
+    let mut out = Figures::new();
+    if let Some(first) = runs.first() {
+        for key in first.figures.keys() {
+            let values: Vec<f64> = runs.iter().map(|r| r.figures[key]).collect();
+            let v = if *key == "failures" {
+                values.iter().copied().fold(0.0, f64::max)
+            } else {
+                median(values)
+            };
+            out.insert(key, v);
+        }
+    }
+    out
+}
+
+/// The figures grouped as printed: (figure, side) → medians, in run order.
+fn grouped(records: &[RunRecord]) -> Vec<(String, Side, Figures, usize)> {
+    let mut keys: Vec<(String, Side)> = Vec::new();
+    for r in records {
+        if !keys.iter().any(|(f, s)| *f == r.figure && *s == r.side) {
+            keys.push((r.figure.clone(), r.side));
+        }
+    }
+    keys.into_iter()
+        .map(|(figure, side)| {
+            let runs: Vec<&RunRecord> = records
+                .iter()
+                .filter(|r| r.figure == figure && r.side == side)
+                .collect();
+            let count = runs.len();
+            (figure, side, median_record(runs.into_iter()), count)
+        })
+        .collect()
+}
+
+fn cell(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+/// The results table (medians when runs were repeated).
+pub fn table(records: &[RunRecord], repeat: usize) -> String {
+    let mut out = String::new();
+    let _ =
+        writeln!(
+        out,
+        "{}results{}; latency = frame sent → its ack back at the client (connect: connect → ready)",
+        if repeat > 1 { "median " } else { "" },
+        if repeat > 1 { format!(" of {repeat} runs") } else { String::new() },
+    );
+    let header = format!(
+        "{:<16} {:<8} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>5} {:>7} {:>8} {:>7} {:>7} {:>8} {:>7} {:>6} {:>5}",
+        "figure", "via", "N", "frames/s", "MB/s", "p50 ms", "p99 ms", "p99.9ms", "fail",
+        "gwCPU%", "µs/frame", "RSS0MiB", "RSS MiB", "KiB/sess", "conn/s", "lag99", "load"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.chars().count()));
+    let groups = grouped(records);
+    for (figure, side, f, _) in &groups {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>5} {:>7} {:>8} {:>7} {:>7} {:>8} {:>7} {:>6} {:>5}",
+            figure,
+            side.as_str(),
+            cell(f["sessions"], 0),
+            cell(f["frames_per_s"], 0),
+            cell(f["mb_per_s"], 2),
+            cell(f["p50_ms"], 2),
+            cell(f["p99_ms"], 2),
+            cell(f["p999_ms"], 2),
+            cell(f["failures"], 0),
+            cell(f["gw_cpu_pct"], 1),
+            cell(f["gw_us_per_frame"], 2),
+            cell(f["rss_idle_mib"], 1),
+            cell(f["rss_held_mib"], 1),
+            cell(f["kib_per_session"], 1),
+            cell(f["connects_per_s"], 0),
+            cell(f["send_lag_p99_ms"], 1),
+            cell(f["load_1m"], 2),
+        );
+        if *side == Side::Direct {
+            if let Some((_, _, g, _)) = groups
+                .iter()
+                .find(|(name, s, _, _)| name == figure && *s == Side::Gateway)
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} {:>6} {:>8}% {:>6}% {:>7} {:>7} {:>8}   (gateway ÷ direct; latencies: gateway − direct)",
+                    figure,
+                    "ratio",
+                    "",
+                    cell(g["frames_per_s"] / f["frames_per_s"] * 100.0, 1),
+                    cell(g["mb_per_s"] / f["mb_per_s"] * 100.0, 1),
+                    cell(g["p50_ms"] - f["p50_ms"], 2),
+                    cell(g["p99_ms"] - f["p99_ms"], 2),
+                    cell(g["p999_ms"] - f["p999_ms"], 2),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The outcome of `--find-max`.
+pub struct FindMax {
+    pub largest_passing: Option<usize>,
+    /// Largest N with p99 < 50 ms and the full frame rate, failures aside.
+    pub largest_keeping_up: Option<usize>,
+    pub trials: Vec<(usize, bool, Figures)>,
+}
+
+impl std::fmt::Display for FindMax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "find-max (pass: zero failures, p99 < 50 ms, ≥ 98% of the real-time frame rate):"
+        )?;
+        for (n, pass, fig) in &self.trials {
+            writeln!(
+                f,
+                "  N={n:<6} {}  p99 {} ms, {} failures, {} frames/s of {}",
+                if *pass { "pass" } else { "FAIL" },
+                cell(fig["p99_ms"], 2),
+                cell(fig["failures"], 0),
+                cell(fig["frames_per_s"], 0),
+                *n as f64 / FRAME_INTERVAL.as_secs_f64(),
+            )?;
+        }
+        match self.largest_passing {
+            Some(n) => writeln!(f, "largest passing N: {n}")?,
+            None => writeln!(f, "no N passed")?,
+        }
+        match self.largest_keeping_up {
+            Some(n) => write!(
+                f,
+                "largest N with p99 < 50 ms at full rate (failures aside): {n}"
+            ),
+            None => write!(f, "no N kept p99 < 50 ms at full rate"),
+        }
+    }
+}
+
+/// Whether a real-time run meets the target.
+pub fn passes(n: usize, f: &Figures) -> bool {
+    f["failures"] == 0.0 && keeps_up(n, f)
+}
+
+/// p99 under 50 ms at ≥ 98% of the real-time frame rate, failures aside.
+pub fn keeps_up(n: usize, f: &Figures) -> bool {
+    let expected = n as f64 / FRAME_INTERVAL.as_secs_f64();
+    f["p99_ms"] < 50.0 && f["frames_per_s"] >= 0.98 * expected
+}
+
+/// Raises N from `from` by `step` until two runs in a row miss the latency or
+/// rate target (or `to` is passed).
+pub fn find_max(
+    from: &usize,
+    to: &usize,
+    step: &usize,
+    plan: &LoadPlan,
+    mut run: impl FnMut(LoadPlan) -> Result<Figures, String>,
+) -> Result<FindMax, String> {
+    let mut out = FindMax {
+        largest_passing: None,
+        largest_keeping_up: None,
+        trials: Vec::new(),
+    };
+    let mut n = *from;
+    let mut misses = 0;
+    while n <= *to {
+        let mut trial = plan.clone();
+        trial.sessions = n;
+        trial.ramp = std::time::Duration::from_secs_f64((n as f64 / 1000.0).max(1.0));
+        let figures = run(trial)?;
+        let pass = passes(n, &figures);
+        let keeps_up = keeps_up(n, &figures);
+        out.trials.push((n, pass, figures));
+        if pass {
+            out.largest_passing = Some(n);
+        }
+        if keeps_up {
+            out.largest_keeping_up = Some(n);
+            misses = 0;
+        } else {
+            misses += 1;
+            if misses == 2 {
+                break; // past capacity: larger N only take longer to fail
+            }
+        }
+        n += *step;
+    }
+    Ok(out)
+}
+
+fn figures_json(f: &Figures) -> Value {
+    Value::Object(
+        f.iter()
+            .map(|(k, v)| {
+                let v = if v.is_nan() { Value::Null } else { json!(v) };
+                (k.to_string(), v)
+            })
+            .collect(),
+    )
+}
+
+/// Every run, the medians, and the find-max outcome.
+pub fn json(records: &[RunRecord], repeat: usize, find_max: Option<&FindMax>) -> Value {
+    let runs: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "figure": r.figure,
+                "via": r.side.as_str(),
+                "mode": r.plan.mode.as_str(),
+                "sessions": r.plan.sessions,
+                "seconds": r.plan.seconds,
+                "client_threads": r.plan.client_threads,
+                "figures": figures_json(&r.figures),
+                "failures": r.result.failures,
+                "thoth_checks": r.process.thoth,
+                "gateway_log_lines": r.process.gateway_log_lines,
+                "errors": r.result.errors,
+            })
+        })
+        .collect();
+    let medians: Vec<Value> = grouped(records)
+        .into_iter()
+        .map(|(figure, side, f, count)| {
+            json!({"figure": figure, "via": side.as_str(), "runs": count, "figures": figures_json(&f)})
+        })
+        .collect();
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "repeat": repeat,
+        "runs": runs,
+        "medians": medians,
+        "find_max": find_max.map(|m| json!({
+            "largest_passing": m.largest_passing,
+            "largest_keeping_up": m.largest_keeping_up,
+            "trials": m.trials.iter().map(|(n, pass, f)| json!({"sessions": n, "pass": pass, "figures": figures_json(f)})).collect::<Vec<_>>(),
+        })),
+    })
+}
