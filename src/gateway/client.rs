@@ -91,6 +91,8 @@ pub struct ClientActor {
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
     fragments: Option<Fragments>,
+    /// The upstream announced `Ready` (streaming also needs the link).
+    upstream_ready: bool,
     /// Upstream events queued for this actor and not handled yet.
     backlog: Arc<AtomicUsize>,
     /// Frames written to the browser and not yet taken by the server.
@@ -122,6 +124,7 @@ impl ClientActor {
             started: now,
             expiry_timer: None,
             fragments: None,
+            upstream_ready: false,
             backlog: Arc::new(AtomicUsize::new(0)),
             outbound: OutboundQueue::new(taken),
         }
@@ -417,8 +420,11 @@ impl ClientActor {
 
     // ---- events from the upstream --------------------------------------------
 
+    /// Streaming starts once both the upstream said `Ready` and the link to
+    /// it is known: the upstream may announce `Ready` before the subscribe
+    /// call returns the link, and audio must not race past either.
     fn on_ready(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.phase != Phase::Connecting {
+        if self.phase != Phase::Connecting || !self.upstream_ready || self.upstream.is_none() {
             return;
         }
         self.phase = Phase::Streaming;
@@ -550,6 +556,7 @@ impl Actor for ClientActor {
                             });
                         } else {
                             act.upstream = Some(link);
+                            act.on_ready(ctx);
                         }
                     }
                     Err(error) => act.report(error, ctx),
@@ -605,7 +612,10 @@ impl Handler<ToClient> for ClientActor {
             return;
         }
         match event {
-            UpstreamEvent::Ready => self.on_ready(ctx),
+            UpstreamEvent::Ready => {
+                self.upstream_ready = true;
+                self.on_ready(ctx);
+            }
             UpstreamEvent::Transcript {
                 text,
                 is_final,
