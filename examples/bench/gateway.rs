@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,7 +68,17 @@ impl GatewayProcess {
         let binary = &binary
             .canonicalize()
             .map_err(|e| format!("cannot find {}: {e}", binary.display()))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to
+        // SIGTERM the gateway if this thread dies (e.g. the bench is killed),
+        // so no gateway outlives its benchmark.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("serve")
             // Its own directory: no stray `.env` is read, the SQLite file lands here.
             .current_dir(&dir)

@@ -52,6 +52,12 @@ pub struct ThothChecks {
     /// Audio of the wrong session, or out of order, under a session id.
     pub misrouted_frames: u64,
     pub problems: Vec<String>,
+    /// Sessions thoth saw start, end and be cancelled (not failures: a
+    /// closed browser cancels; every session ends one of the two ways).
+    pub starts: u64,
+    pub ends: u64,
+    pub cancels: u64,
+    pub audio_frames: u64,
 }
 
 impl ThothChecks {
@@ -62,6 +68,10 @@ impl ThothChecks {
             corrupt_frames: stats.corrupt_frames.load(Relaxed),
             misrouted_frames: stats.misrouted_frames.load(Relaxed),
             problems: stats.problems.lock().map(|p| p.clone()).unwrap_or_default(),
+            starts: stats.starts.load(Relaxed),
+            ends: stats.ends.load(Relaxed),
+            cancels: stats.cancels.load(Relaxed),
+            audio_frames: stats.audio_frames.load(Relaxed),
         }
     }
 
