@@ -9,7 +9,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 if [ -z "${TEST_DATABASE_URL_PG:-}" ]; then
     step "starting a throwaway PostgreSQL"
-    eval "$(bash .ci/start-postgres.sh)"
+    # Assigned first so that a failed start stops the run (set -e).
+    pg_env=$(bash .ci/start-postgres.sh)
+    eval "$pg_env"
     trap 'bash .ci/stop-postgres.sh >/dev/null 2>&1 || true' EXIT
 fi
 export TEST_DATABASE_URL_PG

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::OutboundQueue;
 use crate::gateway::rate::AudioRateLimiter;
@@ -68,12 +69,6 @@ enum Phase {
     Closed,
 }
 
-/// A fragmented browser message being reassembled.
-struct Fragments {
-    text: bool,
-    data: BytesMut,
-}
-
 pub struct ClientActor {
     session: ClientSession,
     id_text: String,
@@ -90,7 +85,7 @@ pub struct ClientActor {
     last_audio: Instant,
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
-    fragments: Option<Fragments>,
+    fragments: Reassembler,
     /// The upstream announced `Ready` (streaming also needs the link).
     upstream_ready: bool,
     /// Upstream events queued for this actor and not handled yet.
@@ -123,7 +118,7 @@ impl ClientActor {
             last_audio: now,
             started: now,
             expiry_timer: None,
-            fragments: None,
+            fragments: Reassembler::default(),
             upstream_ready: false,
             backlog: Arc::new(AtomicUsize::new(0)),
             outbound: OutboundQueue::new(taken),
@@ -364,44 +359,11 @@ impl ClientActor {
 
     /// Reassembles a fragmented message, bounded by `MAX_FRAME_BYTES` in all.
     fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (chunk, last) = match item {
-            actix_http::ws::Item::FirstText(data) => {
-                self.fragments = Some(Fragments {
-                    text: true,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            actix_http::ws::Item::FirstBinary(data) => {
-                self.fragments = Some(Fragments {
-                    text: false,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            actix_http::ws::Item::Continue(data) => (data, false),
-            actix_http::ws::Item::Last(data) => (data, true),
-        };
         let max_frame_bytes = self.config().max_frame_bytes;
-        let Some(fragments) = self.fragments.as_mut() else {
-            return self.report(GatewayError::new(ErrorCode::BadMessage), ctx);
-        };
-        if fragments.data.len() + chunk.len() > max_frame_bytes {
-            self.fragments = None;
-            return self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx);
-        }
-        fragments.data.extend_from_slice(&chunk);
-        if last {
-            let Fragments { text, data } = self.fragments.take().expect("checked above");
-            let message = if text {
-                match String::from_utf8(data.to_vec()) {
-                    Ok(text) => ws::Message::Text(text.into()),
-                    Err(_) => return self.report(GatewayError::new(ErrorCode::BadMessage), ctx),
-                }
-            } else {
-                ws::Message::Binary(data.freeze())
-            };
-            self.on_frame(message, ctx);
+        match self.fragments.push(item, max_frame_bytes) {
+            Ok(Some(message)) => self.on_frame(message, ctx),
+            Ok(None) => {}
+            Err(error) => self.report(error, ctx),
         }
     }
 

@@ -25,7 +25,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use awc::ws::Message as UpstreamMessage;
 use awc::ws::{CloseCode as UpstreamCloseCode, CloseReason as UpstreamCloseReason, Frame};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -36,6 +36,7 @@ use crate::gateway::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, Admitted,
     SELECTABLE_SUBPROTOCOLS,
 };
+use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::{CountedStream, OutboundQueue};
 use crate::metrics;
@@ -97,12 +98,6 @@ enum Upstream {
     Closed,
 }
 
-/// A fragmented browser message being reassembled.
-struct Fragments {
-    text: bool,
-    data: BytesMut,
-}
-
 /// The gateway's own text frame in the native protocol: a token refresh,
 /// `{"type":"auth","token":"…"}`.
 #[derive(Deserialize)]
@@ -122,7 +117,7 @@ pub struct MistralProxyActor {
     upstream: Upstream,
     pending: VecDeque<UpstreamMessage>,
     pending_bytes: usize,
-    fragments: Option<Fragments>,
+    fragments: Reassembler,
     last_heard: Instant,
     last_data: Instant,
     started: Instant,
@@ -153,7 +148,7 @@ impl MistralProxyActor {
             upstream: Upstream::Connecting,
             pending: VecDeque::new(),
             pending_bytes: 0,
-            fragments: None,
+            fragments: Reassembler::default(),
             last_heard: now,
             last_data: now,
             started: now,
@@ -319,44 +314,11 @@ impl MistralProxyActor {
 
     /// Reassembles a fragmented message, bounded by `MAX_FRAME_BYTES` in all.
     fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (chunk, last) = match item {
-            actix_http::ws::Item::FirstText(data) => {
-                self.fragments = Some(Fragments {
-                    text: true,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            actix_http::ws::Item::FirstBinary(data) => {
-                self.fragments = Some(Fragments {
-                    text: false,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            actix_http::ws::Item::Continue(data) => (data, false),
-            actix_http::ws::Item::Last(data) => (data, true),
-        };
         let max_frame_bytes = self.state.config.max_frame_bytes;
-        let Some(fragments) = self.fragments.as_mut() else {
-            return self.report(GatewayError::new(ErrorCode::BadMessage), ctx);
-        };
-        if fragments.data.len() + chunk.len() > max_frame_bytes {
-            self.fragments = None;
-            return self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx);
-        }
-        fragments.data.extend_from_slice(&chunk);
-        if last {
-            let Fragments { text, data } = self.fragments.take().expect("checked above");
-            let message = if text {
-                match String::from_utf8(data.to_vec()) {
-                    Ok(text) => ws::Message::Text(text.into()),
-                    Err(_) => return self.report(GatewayError::new(ErrorCode::BadMessage), ctx),
-                }
-            } else {
-                ws::Message::Binary(data.freeze())
-            };
-            self.on_frame(message, ctx);
+        match self.fragments.push(item, max_frame_bytes) {
+            Ok(Some(message)) => self.on_frame(message, ctx),
+            Ok(None) => {}
+            Err(error) => self.report(error, ctx),
         }
     }
 
