@@ -7,7 +7,9 @@ use actix::prelude::*;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
-use crate::auth::{origin_allowed, token_from_request, AuthFailure, Claims, JWT_SUBPROTOCOL};
+use crate::auth::{
+    origin_allowed, token_from_request, AuthFailure, Claims, JwtValidator, JWT_SUBPROTOCOL,
+};
 use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::limits::SessionPermit;
 use crate::http::error::ApiError;
@@ -124,4 +126,43 @@ impl Actor for RejectedSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for RejectedSession {
     fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
+}
+
+/// Checks a token a live session sends to outlive its first one: valid, and
+/// for the same user. Failures are counted like any refused token.
+pub fn validate_refresh(
+    jwt: &JwtValidator,
+    user: &str,
+    token: &str,
+) -> Result<Claims, GatewayError> {
+    match jwt.validate(token) {
+        Ok(claims) if claims.sub == user => Ok(claims),
+        Ok(_) => {
+            metrics::AUTH_FAILURES
+                .with_label_values(&["refresh_other_user"])
+                .inc();
+            Err(GatewayError::with_message(
+                ErrorCode::Unauthorized,
+                "A refreshed token must belong to the same user",
+            ))
+        }
+        Err(failure) => {
+            metrics::AUTH_FAILURES
+                .with_label_values(&[failure.as_str()])
+                .inc();
+            Err(GatewayError::with_message(
+                ErrorCode::Unauthorized,
+                "The refreshed token is invalid",
+            ))
+        }
+    }
+}
+
+/// Time left until a token's `exp` (zero once past).
+pub fn until_expiry(exp: u64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    std::time::Duration::from_secs(exp.saturating_sub(now))
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -17,6 +17,7 @@ use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::OutboundQueue;
@@ -271,36 +272,13 @@ impl ClientActor {
 
     /// Replaces the session's token (same user) so it outlives the first one.
     fn refresh_token(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match self.jwt().validate(token) {
-            Ok(claims) if claims.sub == self.session.user => {
+        match validate_refresh(self.jwt(), &self.session.user, token) {
+            Ok(claims) => {
                 log::info!("session {}: token refreshed", self.id_text);
                 self.session.token_exp = claims.exp;
                 self.schedule_expiry(ctx);
             }
-            Ok(_) => {
-                metrics::AUTH_FAILURES
-                    .with_label_values(&["refresh_other_user"])
-                    .inc();
-                self.report(
-                    GatewayError::with_message(
-                        ErrorCode::Unauthorized,
-                        "A refreshed token must belong to the same user",
-                    ),
-                    ctx,
-                );
-            }
-            Err(failure) => {
-                metrics::AUTH_FAILURES
-                    .with_label_values(&[failure.as_str()])
-                    .inc();
-                self.report(
-                    GatewayError::with_message(
-                        ErrorCode::Unauthorized,
-                        "The refreshed token is invalid",
-                    ),
-                    ctx,
-                );
-            }
+            Err(error) => self.report(error, ctx),
         }
     }
 
@@ -308,11 +286,7 @@ impl ClientActor {
         if let Some(timer) = self.expiry_timer.take() {
             ctx.cancel_future(timer);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let left = Duration::from_secs(self.session.token_exp.saturating_sub(now));
+        let left = until_expiry(self.session.token_exp);
         self.expiry_timer = Some(ctx.run_later(left, |act, ctx| {
             act.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
         }));

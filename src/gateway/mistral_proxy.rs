@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -36,6 +36,7 @@ use crate::gateway::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, Admitted,
     SELECTABLE_SUBPROTOCOLS,
 };
+use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::{CountedStream, OutboundQueue};
@@ -324,22 +325,13 @@ impl MistralProxyActor {
 
     /// Replaces the session's token (same user) so it outlives the first one.
     fn refresh_token(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match self.state.jwt.validate(token) {
-            Ok(claims) if claims.sub == self.user => {
+        match validate_refresh(&self.state.jwt, &self.user, token) {
+            Ok(claims) => {
                 log::info!("mistral native {}: token refreshed", self.id_text);
                 self.token_exp = claims.exp;
                 self.schedule_expiry(ctx);
             }
-            _ => {
-                metrics::AUTH_FAILURES.with_label_values(&["refresh"]).inc();
-                self.report(
-                    GatewayError::with_message(
-                        ErrorCode::Unauthorized,
-                        "The refreshed token is invalid or belongs to another user",
-                    ),
-                    ctx,
-                );
-            }
+            Err(error) => self.report(error, ctx),
         }
     }
 
@@ -347,11 +339,7 @@ impl MistralProxyActor {
         if let Some(timer) = self.expiry_timer.take() {
             ctx.cancel_future(timer);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let left = Duration::from_secs(self.token_exp.saturating_sub(now));
+        let left = until_expiry(self.token_exp);
         self.expiry_timer = Some(ctx.run_later(left, |act, ctx| {
             act.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
         }));
