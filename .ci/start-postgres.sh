@@ -62,9 +62,21 @@ else
     chmod 700 "$PGTEST_DIR"
     [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PGTEST_DIR"
     as_pg "$BINDIR/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
-    as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$PGTEST_DIR/server.log" -w -t 30 \
-        -o "-c listen_addresses=127.0.0.1 -p $PGTEST_PORT -k $PGTEST_DIR -c fsync=off -c full_page_writes=off -c synchronous_commit=off" \
-        start >&2 || { cat "$PGTEST_DIR/server.log" >&2; exit 1; }
+    # The port may still be held for a moment by a server that is shutting
+    # down (e.g. a previous run's): retry a few times before giving up.
+    for attempt in 1 2 3 4 5; do
+        if as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$PGTEST_DIR/server.log" -w -t 30 \
+            -o "-c listen_addresses=127.0.0.1 -p $PGTEST_PORT -k $PGTEST_DIR -c fsync=off -c full_page_writes=off -c synchronous_commit=off" \
+            start >&2; then
+            break
+        fi
+        if [ "$attempt" -eq 5 ]; then
+            cat "$PGTEST_DIR/server.log" >&2
+            exit 1
+        fi
+        log "start failed (attempt $attempt), retrying in 3 s"
+        sleep 3
+    done
     log "started in $PGTEST_DIR on 127.0.0.1:$PGTEST_PORT"
 fi
 
