@@ -533,6 +533,10 @@ enum Event {
 }
 
 fn gateway_event(text: &str) -> Event {
+    // `done` carries the final results' texts, which are acks too: not one.
+    if text.starts_with(r#"{"type":"done""#) {
+        return Event::Done;
+    }
     if let Some(ack) = find_ack(text, r#""data":""#) {
         return Event::Ack(ack);
     }

@@ -1,9 +1,12 @@
 //! A fast fake thoth speaking mux v1 (PROTOCOL.md 3.1), in-process on its own
 //! thread and runtime.
 //!
-//! For every binary audio frame it answers an interim result whose text is
+//! For every binary audio frame it answers a result whose text is
 //! `ack <cumulative bytes> <running checksum>`, so the load generator can
-//! time each frame and verify its content; `session.end` → `session.done`;
+//! time each frame and verify its content. Like a real thoth it finalises
+//! what it heard now and then: every `FINAL_EVERY_BYTES` of a session's audio
+//! (one second) the reply is a final result with `start`/`end`, which lets the
+//! gateway drop that audio from its resume buffer; `session.end` → `session.done`;
 //! `session.cancel` forgets the session. Replies to everything already read
 //! are written with one flush, as a real thoth serving many sessions would.
 
@@ -27,6 +30,10 @@ use crate::audio::{ack_text, check_frame, RunningChecksum};
 pub const MUX_SUBPROTOCOL: &str = "thoth.mux.v1";
 /// Replies buffered before a flush, at most.
 const MAX_REPLIES_PER_FLUSH: usize = 1024;
+/// A final result once per second of audio (f32le at 16 kHz, what the load
+/// generator sends); every other reply is an interim one.
+const BYTES_PER_SECOND: u64 = 16_000 * 4;
+const FINAL_EVERY_BYTES: u64 = BYTES_PER_SECOND;
 
 /// What the fake thoth saw; read by the report.
 #[derive(Default)]
@@ -155,6 +162,8 @@ struct Session {
     expected: Option<(u32, u64)>,
     /// The (session, frame) numbers of the last frame.
     last: (u32, u64),
+    /// Bytes up to the end of the last final result.
+    finalised: u64,
 }
 
 async fn serve(
@@ -246,11 +255,22 @@ fn handle(
             }
             session.bytes += audio.len() as u64;
             session.checksum.update(audio);
-            replies.push(Message::text(format!(
-                r#"{{"type":"transcription","session_id":"{}","text":"{}","is_final":false}}"#,
-                session.id_text,
-                ack_text(session.bytes, session.checksum, session.last)
-            )));
+            let text = ack_text(session.bytes, session.checksum, session.last);
+            let reply = if session.bytes - session.finalised >= FINAL_EVERY_BYTES {
+                let start = session.finalised as f64 / BYTES_PER_SECOND as f64;
+                let end = session.bytes as f64 / BYTES_PER_SECOND as f64;
+                session.finalised = session.bytes;
+                format!(
+                    r#"{{"type":"transcription","session_id":"{}","text":"{text}","is_final":true,"start":{start},"end":{end}}}"#,
+                    session.id_text
+                )
+            } else {
+                format!(
+                    r#"{{"type":"transcription","session_id":"{}","text":"{text}","is_final":false}}"#,
+                    session.id_text
+                )
+            };
+            replies.push(Message::text(reply));
         }
         Message::Text(text) => on_command(text.as_str(), sessions, replies, stats),
         Message::Close(_) => return true,
@@ -287,6 +307,7 @@ fn on_command(
                     checksum: RunningChecksum::default(),
                     expected: None,
                     last: (u32::MAX, u64::MAX),
+                    finalised: 0,
                 },
             );
         }
