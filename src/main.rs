@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// Audio buffers are allocated on one thread and freed on another many
+/// thousand times a second; mimalloc handles that far better than glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 chronus-gateway — authenticated WebSocket gateway for chronus transcription
 

@@ -25,9 +25,10 @@ use crate::gateway::rate::AudioRateLimiter;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
+use crate::upstream::audio_route::Routed;
 use crate::upstream::{
-    ClientHandle, EndSession, SessionAudio, Subscribe, ToClient, Unsubscribe, UpstreamEvent,
-    UpstreamLink,
+    AudioSink, ClientHandle, EndSession, SessionAudio, Subscribe, ToClient, Unsubscribe,
+    UpstreamEvent, UpstreamLink,
 };
 
 /// The gateway pings the browser this often…
@@ -208,7 +209,7 @@ impl ClientActor {
             audio
         };
         if self.phase == Phase::Streaming {
-            self.forward(audio, received);
+            self.forward(audio, received, ctx);
             return;
         }
         let limit = (self.session.format.bytes_per_second() * PRE_READY_BUFFER_SECS) as usize
@@ -226,13 +227,25 @@ impl ClientActor {
         self.pending.push_back(audio);
     }
 
-    fn forward(&self, audio: Bytes, received: Instant) {
-        if let Some(link) = &self.upstream {
-            link.audio.do_send(SessionAudio {
+    fn forward(&mut self, audio: Bytes, received: Instant, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(link) = &self.upstream else {
+            return;
+        };
+        match &link.audio {
+            AudioSink::Actor(actor) => actor.do_send(SessionAudio {
                 session_id: self.session.session_id,
                 audio,
                 received,
-            });
+            }),
+            AudioSink::Route(route) => {
+                if route.send(audio, received) == Routed::Overflowed {
+                    log::warn!(
+                        "session {}: thoth away for longer than the replay buffer holds",
+                        self.id_text
+                    );
+                    self.on_failed(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+                }
+            }
         }
     }
 
@@ -371,9 +384,10 @@ impl ClientActor {
         }
         .to_json();
         self.send_text(ready, ctx);
+        let now = Instant::now();
         for audio in std::mem::take(&mut self.pending) {
             // Held on purpose until `ready`: latency counts from here.
-            self.forward(audio, Instant::now());
+            self.forward(audio, now, ctx);
         }
         self.pending_bytes = 0;
         if self.end_requested {
@@ -410,6 +424,18 @@ impl ClientActor {
         };
         let json = event.to_json();
         self.send_text(json, ctx);
+    }
+
+    /// The session cannot go on upstream: it ends here too, even for codes
+    /// that leave a session open when the browser causes them (e.g. thoth
+    /// refusing the audio).
+    fn on_failed(&mut self, error: GatewayError, ctx: &mut ws::WebsocketContext<Self>) {
+        let close = error.code.close_code().unwrap_or(1011);
+        let description = error.code.as_str();
+        self.report(error.clone(), ctx);
+        if self.phase != Phase::Closed {
+            self.close(close, description, ctx);
+        }
     }
 
     fn on_done(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -561,16 +587,9 @@ impl Handler<ToClient> for ClientActor {
             UpstreamEvent::Done => self.on_done(ctx),
             UpstreamEvent::Notice(notice) => self.report(notice, ctx),
             UpstreamEvent::Failed(error) => {
-                // The upstream already dropped the session: it ends here too,
-                // even for codes that leave a session open when the browser
-                // causes them (e.g. thoth refusing the audio).
+                // The upstream already dropped the session.
                 self.upstream = None;
-                let close = error.code.close_code().unwrap_or(1011);
-                let description = error.code.as_str();
-                self.report(error.clone(), ctx);
-                if self.phase != Phase::Closed {
-                    self.close(close, description, ctx);
-                }
+                self.on_failed(error, ctx);
             }
         }
         metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());

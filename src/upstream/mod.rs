@@ -5,6 +5,7 @@
 //! A transcription travels `thoth.rs` or `mistral.rs` (socket frame →
 //! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
 
+pub mod audio_route;
 pub mod connect;
 pub mod mistral;
 pub mod mistral_sessions;
@@ -13,6 +14,7 @@ pub mod pool;
 pub mod replay;
 pub mod socket;
 pub mod thoth;
+pub mod thoth_writer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use uuid::Uuid;
 
 use crate::audio::AudioFormat;
 use crate::error::GatewayError;
+use audio_route::AudioRoute;
 
 /// What an upstream tells one session's ClientActor.
 #[derive(Debug, Clone, PartialEq, Message)]
@@ -152,10 +155,19 @@ pub struct Unsubscribe {
     pub session_id: Uuid,
 }
 
+/// Where a ClientActor sends its session's audio.
+#[derive(Clone)]
+pub enum AudioSink {
+    /// To the upstream actor's mailbox (Mistral: one actor per session).
+    Actor(Recipient<SessionAudio>),
+    /// Straight onto the shared thoth socket's writer (see `audio_route.rs`).
+    Route(AudioRoute),
+}
+
 /// How a ClientActor talks to whichever upstream serves it.
 #[derive(Clone)]
 pub struct UpstreamLink {
-    pub audio: Recipient<SessionAudio>,
+    pub audio: AudioSink,
     pub end: Recipient<EndSession>,
     pub unsubscribe: Recipient<Unsubscribe>,
 }
@@ -169,7 +181,16 @@ impl UpstreamLink {
             + Handler<Unsubscribe>,
     {
         UpstreamLink {
-            audio: addr.clone().recipient(),
+            audio: AudioSink::Actor(addr.clone().recipient()),
+            end: addr.clone().recipient(),
+            unsubscribe: addr.clone().recipient(),
+        }
+    }
+
+    /// A thoth session: audio goes down `route`, the rest to the actor.
+    pub fn thoth(addr: &Addr<thoth::ThothUpstreamActor>, route: AudioRoute) -> UpstreamLink {
+        UpstreamLink {
+            audio: AudioSink::Route(route),
             end: addr.clone().recipient(),
             unsubscribe: addr.clone().recipient(),
         }

@@ -42,9 +42,12 @@ impl MuxCommand<'_> {
     }
 }
 
+/// Bytes before the audio in a binary frame: the session id.
+pub const PREFIX_LEN: usize = 16;
+
 /// A binary audio frame: the session's 16 uuid bytes (RFC 4122 order), then audio.
 pub fn audio_frame(session_id: &Uuid, audio: &[u8]) -> Bytes {
-    let mut frame = BytesMut::with_capacity(16 + audio.len());
+    let mut frame = BytesMut::with_capacity(PREFIX_LEN + audio.len());
     frame.put_slice(session_id.as_bytes());
     frame.put_slice(audio);
     frame.freeze()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::thoth::{EndpointSnapshot, GetSnapshot, ThothEndpointConfig, ThothUpstreamActor};
+use super::thoth::{EndpointSnapshot, GetSnapshot, Join, ThothEndpointConfig, ThothUpstreamActor};
 use super::{Subscribe, UpstreamLink};
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
@@ -71,8 +71,12 @@ impl ThothPool {
         order.sort_by_key(|e| e.ref_count.load(Ordering::Relaxed));
         if self.protocol == ThothProtocol::Mux {
             let endpoint = order[0];
-            endpoint.addr.send(request).await.map_err(mailbox_error)??;
-            return Ok(UpstreamLink::of(&endpoint.addr));
+            let route = endpoint
+                .addr
+                .send(Join(request))
+                .await
+                .map_err(mailbox_error)??;
+            return Ok(UpstreamLink::thoth(&endpoint.addr, route));
         }
         // Legacy: the actor itself refuses a second session, so two sessions
         // racing for one free endpoint cannot both get it.
@@ -90,8 +94,13 @@ impl ThothPool {
                 format,
                 client: client.clone(),
             };
-            match endpoint.addr.send(attempt).await.map_err(mailbox_error)? {
-                Ok(()) => return Ok(UpstreamLink::of(&endpoint.addr)),
+            match endpoint
+                .addr
+                .send(Join(attempt))
+                .await
+                .map_err(mailbox_error)?
+            {
+                Ok(route) => return Ok(UpstreamLink::thoth(&endpoint.addr, route)),
                 Err(e) if e.code == ErrorCode::ThothBusy => continue,
                 Err(e) => return Err(e),
             }

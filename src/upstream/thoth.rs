@@ -9,9 +9,13 @@
 //! `THOTH_RECONNECTING`, the actor reconnects with backoff, and each session
 //! restarts at the end of its last final result with the audio thoth had not
 //! finished replayed first (see `replay.rs`).
+//!
+//! Live audio does not pass through this actor: each session's ClientActor
+//! queues it on the socket's writer through its [`AudioRoute`], which this
+//! actor opens, re-points on a resume and closes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,15 +24,16 @@ use awc::http::header::{HeaderName, HeaderValue};
 use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{stream, SinkExt, StreamExt};
+use futures_util::{stream, StreamExt};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::audio_route::AudioRoute;
 use super::connect::{self, ConnectFailure, WsTarget};
 use super::mux_frame::{self, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
 use super::replay::ReplayBuffer;
-use super::{ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
+use super::thoth_writer::{QueueError, ThothWriter, WriterFailed};
+use super::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
 use crate::audio::AudioFormat;
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
@@ -52,14 +57,6 @@ const WRITER_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Longest pause between reconnection attempts while sessions wait to resume.
 const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Live bytes queued toward one thoth socket above which the writer must show
-/// progress within `OUTBOUND_STALL_AFTER`, or thoth counts as not reading.
-pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// Over `MAX_OUTBOUND_QUEUE_BYTES` × this, the socket is given up at once:
-/// the hard memory bound, whatever thoth does.
-const OUTBOUND_HARD_FACTOR: usize = 8;
-const OUTBOUND_STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything a ThothUpstreamActor needs to know about its endpoint.
 #[derive(Clone)]
@@ -100,8 +97,9 @@ struct SessionSlot {
     client: ClientHandle,
     format: AudioFormat,
     phase: Phase,
-    /// Mux only: audio since the last final result, for resuming.
-    replay: Option<ReplayBuffer>,
+    /// The session's audio path to the socket; in mux mode it also keeps
+    /// the audio since the last final result, for resuming.
+    route: AudioRoute,
     /// Mux only: the socket dropped and this session waits to be re-opened.
     resuming: bool,
     /// Watches the client's event backlog for a browser that stopped reading.
@@ -135,28 +133,14 @@ impl StallWatch {
     }
 }
 
-/// A frame for the writer task, with the time its audio reached the gateway.
-struct Outgoing {
-    message: WsMessage,
-    received: Option<Instant>,
-    /// Bytes counted against the queue bound (0 for replayed audio, which
-    /// the replay buffers bound already).
-    counted: usize,
-}
-
 /// An open socket: a bounded writer task and a reader stream on this actor.
 struct OpenSocket {
     generation: u64,
-    outbound: mpsc::UnboundedSender<Outgoing>,
-    /// Live bytes handed to the writer and not yet written to the socket.
-    queued_bytes: Arc<AtomicUsize>,
-    /// Flushes the writer completed: its progress.
-    flushes: Arc<AtomicU64>,
-    /// When the queue went over its soft bound, and the flush count then.
-    over_bound: Option<(Instant, u64)>,
+    /// Queues frames for the writer task; sessions' routes hold clones.
+    writer: ThothWriter,
     reader: SpawnHandle,
     /// Owns the socket's write half; aborted if it cannot finish closing.
-    writer: actix_rt::task::JoinHandle<()>,
+    writer_task: actix_rt::task::JoinHandle<()>,
     since: DateTime<Utc>,
     last_pong: Instant,
 }
@@ -192,13 +176,11 @@ enum Inbound {
     Ended(u64),
 }
 
-/// The writer task of a socket stopped because the socket failed.
+/// A session joins this endpoint. The answer is its audio route; the actor
+/// later sends [`UpstreamEvent::Ready`] or [`UpstreamEvent::Failed`].
 #[derive(Message)]
-#[rtype(result = "()")]
-struct WriterFailed {
-    generation: u64,
-    reason: String,
-}
+#[rtype(result = "Result<AudioRoute, GatewayError>")]
+pub struct Join(pub Subscribe);
 
 /// The per-endpoint figures the pool monitoring endpoint shows.
 #[derive(Debug, Clone, Serialize)]
@@ -448,146 +430,53 @@ impl ThothUpstreamActor {
     /// Splits the socket: a writer task drains a queue into it (batching
     /// frames per flush), the reader stream is attached to this actor.
     fn open_socket(&mut self, generation: u64, framed: connect::WsFramed, ctx: &mut Context<Self>) {
-        let (mut sink, source) = framed.split();
-        let (outbound, mut queue) = mpsc::unbounded_channel::<Outgoing>();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let writer_bytes = queued_bytes.clone();
-        let flushes = Arc::new(AtomicU64::new(0));
-        let writer_flushes = flushes.clone();
-        let actor = ctx.address();
-        let writer = actix_rt::spawn(async move {
-            // Receive times of the audio in the current batch, observed once
-            // the batch is flushed to the socket.
-            let mut stamps: Vec<Instant> = Vec::new();
-            let result: Result<(), actix_http::ws::ProtocolError> = async {
-                while let Some(first) = queue.recv().await {
-                    let mut next = Some(first);
-                    while let Some(Outgoing {
-                        message,
-                        received,
-                        counted,
-                    }) = next
-                    {
-                        writer_bytes.fetch_sub(counted, Ordering::Relaxed);
-                        stamps.extend(received);
-                        sink.feed(message).await?;
-                        next = queue.try_recv().ok();
-                    }
-                    sink.flush().await?;
-                    writer_flushes.fetch_add(1, Ordering::Relaxed);
-                    for received in stamps.drain(..) {
-                        metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
-                    }
-                }
-                // The actor dropped the queue: close the socket politely.
-                sink.close().await
-            }
-            .await;
-            if let Err(e) = result {
-                actor.do_send(WriterFailed {
-                    generation,
-                    reason: e.to_string(),
-                });
-            }
-        });
+        let (sink, source) = framed.split();
+        let (writer, writer_task) = ThothWriter::spawn(generation, sink, ctx.address().recipient());
         let frames = source
             .map(move |frame| Inbound::Frame(generation, frame))
             .chain(stream::once(async move { Inbound::Ended(generation) }));
         let reader = ctx.add_stream(frames);
         self.set_link(Link::Open(OpenSocket {
             generation,
-            outbound,
-            queued_bytes,
-            flushes,
-            over_bound: None,
-            reader,
             writer,
+            reader,
+            writer_task,
             since: Utc::now(),
             last_pong: Instant::now(),
         }));
     }
 
-    // ---- sending --------------------------------------------------------
+    // ---- sending ----------------------------------------------------
+
+    /// The open socket's writer.
+    fn writer(&self) -> Option<&ThothWriter> {
+        match &self.link {
+            Link::Open(socket) => Some(&socket.writer),
+            _ => None,
+        }
+    }
 
     /// Queues a frame toward thoth. A queue over its bound means thoth stopped
     /// reading: the socket is given up rather than grown without limit.
     fn send(&mut self, message: WsMessage, ctx: &mut Context<Self>) {
-        self.send_stamped(message, None, ctx);
-    }
-
-    /// [`Self::send`] for audio, carrying its browser receive time.
-    fn send_stamped(
-        &mut self,
-        message: WsMessage,
-        received: Option<Instant>,
-        ctx: &mut Context<Self>,
-    ) {
-        let len = message_len(&message);
-        if let Some(stall) = self.check_queue(len) {
-            self.link_lost(stall, ctx);
+        let Some(writer) = self.writer() else {
             return;
+        };
+        match writer.send(message, None) {
+            Ok(()) => {}
+            // The writer told this actor already; the report arrives next.
+            Err(QueueError::Stalled) => {}
+            Err(QueueError::Gone) => self.link_lost("writer stopped", ctx),
         }
-        self.enqueue(
-            Outgoing {
-                message,
-                received,
-                counted: len,
-            },
-            ctx,
-        );
     }
 
-    /// Queues replayed audio: bounded by the sessions' replay buffers, so it
-    /// does not count against the live queue (a resume after a long outage
-    /// must not look like a thoth that stopped reading).
+    /// Queues replayed audio (outside the live bound, see [`ThothWriter::send_uncounted`]).
     fn send_replay(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        let message = WsMessage::Binary(frame);
-        self.enqueue(
-            Outgoing {
-                message,
-                received: None,
-                counted: 0,
-            },
-            ctx,
-        );
-    }
-
-    fn enqueue(&mut self, outgoing: Outgoing, ctx: &mut Context<Self>) {
-        let Link::Open(socket) = &self.link else {
+        let Some(writer) = self.writer() else {
             return;
         };
-        socket
-            .queued_bytes
-            .fetch_add(outgoing.counted, Ordering::Relaxed);
-        if socket.outbound.send(outgoing).is_err() {
+        if writer.send_uncounted(WsMessage::Binary(frame)).is_err() {
             self.link_lost("writer stopped", ctx);
-        }
-    }
-
-    /// Whether queueing `len` more live bytes means thoth stopped reading:
-    /// over the hard bound, or over the soft bound with no write completed
-    /// for `OUTBOUND_STALL_AFTER`.
-    fn check_queue(&mut self, len: usize) -> Option<&'static str> {
-        let Link::Open(socket) = &mut self.link else {
-            return None;
-        };
-        let queued = socket.queued_bytes.load(Ordering::Relaxed) + len;
-        if queued > MAX_OUTBOUND_QUEUE_BYTES * OUTBOUND_HARD_FACTOR {
-            return Some("thoth is not reading (outbound queue at its hard bound)");
-        }
-        if queued <= MAX_OUTBOUND_QUEUE_BYTES {
-            socket.over_bound = None;
-            return None;
-        }
-        let flushes = socket.flushes.load(Ordering::Relaxed);
-        match socket.over_bound {
-            Some((since, seen)) if seen == flushes => (since.elapsed() >= OUTBOUND_STALL_AFTER)
-                .then_some("thoth is not reading (no write progress)"),
-            // Newly over the bound, or the writer progressed: watch from now.
-            _ => {
-                socket.over_bound = Some((Instant::now(), flushes));
-                None
-            }
         }
     }
 
@@ -601,9 +490,13 @@ impl ThothUpstreamActor {
             return;
         };
         slot.phase = Phase::Streaming;
-        let format = slot.format;
+        let (format, route) = (slot.format, slot.route.clone());
         if self.is_mux() {
             self.send_command(MuxCommand::start(&session_id, format, 0), ctx);
+        }
+        // After `session.start` in the queue: the session's audio follows it.
+        if let Some(writer) = self.writer() {
+            route.lock().attach(writer.clone());
         }
         self.notify(session_id, UpstreamEvent::Ready, ctx);
     }
@@ -615,7 +508,13 @@ impl ThothUpstreamActor {
             return;
         };
         slot.resuming = false;
-        let Some(replay) = slot.replay.as_ref().filter(|r| r.resumable()) else {
+        let (format, ending, route) =
+            (slot.format, slot.phase == Phase::Ending, slot.route.clone());
+        // Holding the route keeps the session's new audio out until the
+        // replay is queued: it follows, in order.
+        let mut state = route.lock();
+        let Some(replay) = state.replay().filter(|r| r.resumable()) else {
+            drop(state);
             log::warn!(
                 "thoth {}: session {session_id} lost audio beyond its replay buffer",
                 self.display_url
@@ -628,7 +527,6 @@ impl ThothUpstreamActor {
             .chunks()
             .map(|chunk| mux_frame::audio_frame(&session_id, chunk))
             .collect();
-        let (format, ending) = (slot.format, slot.phase == Phase::Ending);
         self.send_command(MuxCommand::start(&session_id, format, offset_ms), ctx);
         for frame in frames {
             self.send_replay(frame, ctx);
@@ -640,6 +538,9 @@ impl ThothUpstreamActor {
                 },
                 ctx,
             );
+        }
+        if let Some(writer) = self.writer() {
+            state.attach(writer.clone());
         }
     }
 
@@ -657,7 +558,7 @@ impl ThothUpstreamActor {
             "thoth {}: session {session_id} is not reading its results; cutting it off",
             self.display_url
         );
-        if let Some(slot) = self.sessions.remove(&session_id) {
+        if let Some(slot) = self.forget(&session_id) {
             self.cancel_upstream(&session_id, &slot, ctx);
             slot.client
                 .cut_off(UpstreamEvent::Failed(GatewayError::with_message(
@@ -666,6 +567,13 @@ impl ThothUpstreamActor {
                 )));
         }
         self.sessions_changed(ctx);
+    }
+
+    /// Removes a session and closes its audio route.
+    fn forget(&mut self, session_id: &Uuid) -> Option<SessionSlot> {
+        let slot = self.sessions.remove(session_id)?;
+        slot.route.lock().close();
+        Some(slot)
     }
 
     /// Tells thoth to discard a session it knows of.
@@ -679,7 +587,7 @@ impl ThothUpstreamActor {
 
     /// Ends one session and tells its client how.
     fn finish_session(&mut self, session_id: Uuid, event: UpstreamEvent, ctx: &mut Context<Self>) {
-        if let Some(slot) = self.sessions.remove(&session_id) {
+        if let Some(slot) = self.forget(&session_id) {
             slot.client.cut_off(event);
             log::info!(
                 "thoth {}: session {session_id} finished (refCount {})",
@@ -698,6 +606,7 @@ impl ThothUpstreamActor {
             self.sessions.len()
         );
         for (_, slot) in self.sessions.drain() {
+            slot.route.lock().close();
             slot.client.cut_off(UpstreamEvent::Failed(error.clone()));
         }
         self.sessions_changed(ctx);
@@ -707,18 +616,16 @@ impl ThothUpstreamActor {
     fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
         if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
             ctx.cancel_future(socket.reader);
-            let _ = socket.outbound.send(Outgoing {
-                message: WsMessage::Close(Some(CloseReason::from(code))),
-                received: None,
-                counted: 0,
-            });
-            // Dropping the sender lets the writer flush, close and end. A peer
-            // that stopped reading would keep it (and its queue) forever, so
-            // it gets a deadline.
-            let writer = socket.writer;
+            // The writer flushes what is queued, sends the close frame and
+            // ends. A peer that stopped reading would keep it (and its queue)
+            // forever, so it gets a deadline.
+            let _ = socket
+                .writer
+                .send_uncounted(WsMessage::Close(Some(CloseReason::from(code))));
+            let writer_task = socket.writer_task;
             actix_rt::spawn(async move {
                 actix_rt::time::sleep(WRITER_CLOSE_DEADLINE).await;
-                writer.abort();
+                writer_task.abort();
             });
         }
         self.generation += 1;
@@ -746,6 +653,7 @@ impl ThothUpstreamActor {
         for session_id in self.session_ids(|slot| slot.phase != Phase::Waiting) {
             if let Some(slot) = self.sessions.get_mut(&session_id) {
                 slot.resuming = true;
+                slot.route.lock().hold();
             }
             let notice = UpstreamEvent::Notice(GatewayError::new(ErrorCode::ThothReconnecting));
             self.notify(session_id, notice, ctx);
@@ -808,8 +716,10 @@ impl ThothUpstreamActor {
                     );
                     return;
                 };
-                if let (true, Some(replay), Some(end)) = (is_final, slot.replay.as_mut(), end) {
-                    replay.confirm(end);
+                if let (true, Some(end)) = (is_final, end) {
+                    if let Some(replay) = slot.route.lock().replay_mut() {
+                        replay.confirm(end);
+                    }
                 }
                 let event = UpstreamEvent::Transcript {
                     text,
@@ -912,7 +822,7 @@ impl ThothUpstreamActor {
                 "thoth {}: session {session_id} has not read its results for {CLIENT_STALL_TIMEOUT:?}; cutting it off",
                 self.display_url
             );
-            if let Some(slot) = self.sessions.remove(&session_id) {
+            if let Some(slot) = self.forget(&session_id) {
                 self.cancel_upstream(&session_id, &slot, ctx);
                 slot.client
                     .cut_off(UpstreamEvent::Failed(stalled_client_error()));
@@ -924,7 +834,7 @@ impl ThothUpstreamActor {
             return;
         }
         for session_id in &dead {
-            if let Some(slot) = self.sessions.remove(session_id) {
+            if let Some(slot) = self.forget(session_id) {
                 self.cancel_upstream(session_id, &slot, ctx);
             }
         }
@@ -967,14 +877,6 @@ pub fn map_thoth_error(code: &str) -> ErrorCode {
     }
 }
 
-fn message_len(message: &WsMessage) -> usize {
-    match message {
-        WsMessage::Text(text) => text.len(),
-        WsMessage::Binary(bytes) => bytes.len(),
-        _ => 0,
-    }
-}
-
 impl Actor for ThothUpstreamActor {
     type Context = Context<Self>;
 
@@ -990,23 +892,24 @@ impl Actor for ThothUpstreamActor {
     }
 }
 
-impl Handler<Subscribe> for ThothUpstreamActor {
-    type Result = Result<(), GatewayError>;
+impl Handler<Join> for ThothUpstreamActor {
+    type Result = Result<AudioRoute, GatewayError>;
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Join(msg): Join, ctx: &mut Context<Self>) -> Self::Result {
         if !self.is_mux() && !self.sessions.is_empty() {
             return Err(GatewayError::new(ErrorCode::ThothBusy));
         }
         let replay = self
             .is_mux()
             .then(|| ReplayBuffer::new(msg.format, self.config.replay_max_secs));
+        let route = AudioRoute::new(msg.session_id, replay);
         self.sessions.insert(
             msg.session_id,
             SessionSlot {
                 client: msg.client,
                 format: msg.format,
                 phase: Phase::Waiting,
-                replay,
+                route: route.clone(),
                 resuming: false,
                 stall: StallWatch::new(),
             },
@@ -1023,38 +926,7 @@ impl Handler<Subscribe> for ThothUpstreamActor {
             Link::Down => self.connect(ctx),
             Link::Connecting { .. } => {}
         }
-        Ok(())
-    }
-}
-
-impl Handler<SessionAudio> for ThothUpstreamActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SessionAudio, ctx: &mut Context<Self>) {
-        let Some(slot) = self.sessions.get_mut(&msg.session_id) else {
-            return; // gone: the ClientActor learns why from its own events
-        };
-        if slot.phase != Phase::Streaming {
-            return; // not started, or ending: the ClientActor never sends then
-        }
-        if let Some(replay) = slot.replay.as_mut() {
-            replay.push(msg.audio.clone());
-            if slot.resuming {
-                // Held for the resumed session, within the same bound.
-                if !replay.resumable() {
-                    let error = GatewayError::new(ErrorCode::ThothUnavailable);
-                    self.finish_session(msg.session_id, UpstreamEvent::Failed(error), ctx);
-                }
-                return;
-            }
-        }
-        let frame = if self.is_mux() {
-            mux_frame::audio_frame(&msg.session_id, &msg.audio)
-        } else {
-            msg.audio
-        };
-        metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
-        self.send_stamped(WsMessage::Binary(frame), Some(msg.received), ctx);
+        Ok(route)
     }
 }
 
@@ -1093,7 +965,7 @@ impl Handler<Unsubscribe> for ThothUpstreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
-        let Some(slot) = self.sessions.remove(&msg.session_id) else {
+        let Some(slot) = self.forget(&msg.session_id) else {
             return;
         };
         self.cancel_upstream(&msg.session_id, &slot, ctx);
@@ -1154,7 +1026,7 @@ impl Handler<WriterFailed> for ThothUpstreamActor {
 
     fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
         if matches!(&self.link, Link::Open(socket) if socket.generation == msg.generation) {
-            self.link_lost(&format!("write failed: {}", msg.reason), ctx);
+            self.link_lost(&msg.reason, ctx);
         }
     }
 }

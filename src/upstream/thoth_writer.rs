@@ -1,0 +1,223 @@
+//! The write side of one shared thoth socket. A writer task owns the socket's
+//! write half and drains a queue into it, batching every frame that is waiting
+//! into one flush. Two kinds of senders feed the queue through [`ThothWriter`]
+//! handles: the ThothUpstreamActor (control frames, replayed audio) and every
+//! session's ClientActor (live audio, straight from its own thread, see
+//! `audio_route.rs`), so audio never waits in the actor's mailbox.
+//!
+//! The queue is bounded in bytes: a thoth that stops reading cannot make the
+//! gateway hold unbounded memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use awc::ws::Message as WsMessage;
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+
+use super::connect::WsFramed;
+use crate::metrics;
+
+/// Live bytes queued toward one thoth socket above which the writer must show
+/// progress within `OUTBOUND_STALL_AFTER`, or thoth counts as not reading.
+pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Over `MAX_OUTBOUND_QUEUE_BYTES` × this, the socket is given up at once:
+/// the hard memory bound, whatever thoth does.
+const OUTBOUND_HARD_FACTOR: usize = 8;
+const OUTBOUND_STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// The writer task of a socket stopped, or a sender found thoth not reading.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriterFailed {
+    pub generation: u64,
+    pub reason: String,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// Thoth is not reading: the queue is over its bound (the actor has been told).
+    Stalled,
+    /// The writer task is gone.
+    Gone,
+}
+
+/// A frame for the writer task, with the time its audio reached the gateway.
+struct Outgoing {
+    message: WsMessage,
+    received: Option<Instant>,
+    /// Bytes counted against the queue bound (0 for replayed audio, which
+    /// the replay buffers bound already).
+    counted: usize,
+}
+
+/// What the writer task shares with every sender: its progress.
+#[derive(Default)]
+struct Progress {
+    /// Live bytes handed to the writer and not yet taken from the queue.
+    queued_bytes: AtomicUsize,
+    /// Flushes the writer completed.
+    flushes: AtomicU64,
+    /// When the queue went over its soft bound, and the flush count then.
+    over_bound: Mutex<Option<(Instant, u64)>>,
+    /// Whether `over_bound` is set: spares the lock while under the bound.
+    watching: AtomicBool,
+}
+
+/// A handle that queues frames toward one socket. Cheap to clone; the socket
+/// closes once a close frame was queued (or every handle is dropped).
+#[derive(Clone)]
+pub struct ThothWriter {
+    generation: u64,
+    outbound: mpsc::UnboundedSender<Outgoing>,
+    progress: Arc<Progress>,
+    /// The upstream actor, told when a sender finds thoth not reading.
+    trouble: Recipient<WriterFailed>,
+}
+
+impl ThothWriter {
+    /// Spawns the writer task for `sink` on the current arbiter.
+    pub fn spawn(
+        generation: u64,
+        mut sink: SplitSink<WsFramed, WsMessage>,
+        trouble: Recipient<WriterFailed>,
+    ) -> (ThothWriter, actix_rt::task::JoinHandle<()>) {
+        let (outbound, mut queue) = mpsc::unbounded_channel::<Outgoing>();
+        let progress = Arc::new(Progress::default());
+        let writer_progress = progress.clone();
+        let writer_trouble = trouble.clone();
+        let task = actix_rt::spawn(async move {
+            // Receive times of the audio in the current batch, observed once
+            // the batch is flushed to the socket.
+            let mut stamps: Vec<Instant> = Vec::new();
+            let result: Result<(), actix_http::ws::ProtocolError> = async {
+                let mut closing = false;
+                while let Some(first) = queue.recv().await {
+                    let mut next = Some(first);
+                    while let Some(outgoing) = next {
+                        writer_progress
+                            .queued_bytes
+                            .fetch_sub(outgoing.counted, Ordering::Relaxed);
+                        stamps.extend(outgoing.received);
+                        closing = matches!(outgoing.message, WsMessage::Close(_));
+                        sink.feed(outgoing.message).await?;
+                        next = if closing { None } else { queue.try_recv().ok() };
+                    }
+                    sink.flush().await?;
+                    writer_progress.flushes.fetch_add(1, Ordering::Relaxed);
+                    for received in stamps.drain(..) {
+                        metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
+                    }
+                    if closing {
+                        break;
+                    }
+                }
+                // A close frame was sent, or every sender is gone.
+                sink.close().await
+            }
+            .await;
+            if let Err(e) = result {
+                writer_trouble.do_send(WriterFailed {
+                    generation,
+                    reason: format!("write failed: {e}"),
+                });
+            }
+        });
+        let writer = ThothWriter {
+            generation,
+            outbound,
+            progress,
+            trouble,
+        };
+        (writer, task)
+    }
+
+    /// Queues live audio or a control frame, counted against the bound.
+    /// [`QueueError::Stalled`] means thoth stopped reading; the upstream
+    /// actor has been told, and gives the socket up.
+    pub fn send(&self, message: WsMessage, received: Option<Instant>) -> Result<(), QueueError> {
+        let len = message_len(&message);
+        if let Some(reason) = self.check_queue(len) {
+            self.trouble.do_send(WriterFailed {
+                generation: self.generation,
+                reason: reason.to_string(),
+            });
+            return Err(QueueError::Stalled);
+        }
+        self.enqueue(Outgoing {
+            message,
+            received,
+            counted: len,
+        })
+    }
+
+    /// Queues a frame past the bound: replayed audio (bounded by the replay
+    /// buffers already; a resume after a long outage must not look like a
+    /// thoth that stopped reading) and the close frame.
+    pub fn send_uncounted(&self, message: WsMessage) -> Result<(), QueueError> {
+        self.enqueue(Outgoing {
+            message,
+            received: None,
+            counted: 0,
+        })
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) -> Result<(), QueueError> {
+        let counted = outgoing.counted;
+        self.progress
+            .queued_bytes
+            .fetch_add(counted, Ordering::Relaxed);
+        self.outbound.send(outgoing).map_err(|_| {
+            self.progress
+                .queued_bytes
+                .fetch_sub(counted, Ordering::Relaxed);
+            QueueError::Gone
+        })
+    }
+
+    /// Whether queueing `len` more live bytes means thoth stopped reading:
+    /// over the hard bound, or over the soft bound with no flush completed
+    /// for `OUTBOUND_STALL_AFTER`.
+    fn check_queue(&self, len: usize) -> Option<&'static str> {
+        let queued = self.progress.queued_bytes.load(Ordering::Relaxed) + len;
+        if queued > MAX_OUTBOUND_QUEUE_BYTES * OUTBOUND_HARD_FACTOR {
+            return Some("thoth is not reading (outbound queue at its hard bound)");
+        }
+        let progress = &self.progress;
+        if queued <= MAX_OUTBOUND_QUEUE_BYTES && !progress.watching.load(Ordering::Relaxed) {
+            return None; // the common case: no lock
+        }
+        let mut over_bound = progress
+            .over_bound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queued <= MAX_OUTBOUND_QUEUE_BYTES {
+            *over_bound = None;
+            progress.watching.store(false, Ordering::Relaxed);
+            return None;
+        }
+        let flushes = progress.flushes.load(Ordering::Relaxed);
+        match *over_bound {
+            Some((since, seen)) if seen == flushes => (since.elapsed() >= OUTBOUND_STALL_AFTER)
+                .then_some("thoth is not reading (no write progress)"),
+            // Newly over the bound, or the writer progressed: watch from now.
+            _ => {
+                *over_bound = Some((Instant::now(), flushes));
+                progress.watching.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+fn message_len(message: &WsMessage) -> usize {
+    match message {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
