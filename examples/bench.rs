@@ -46,6 +46,8 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --concurrency C     connect: connections opened at once (default 64)
   --users U           distinct users (one token each; default min(N, 1000))
   --no-direct         skip the direct-to-thoth row
+  --final-every F     the fake thoth's reply is a final result every F frames of a
+                      session (default 50: once per second of audio; 1: every reply)
   --find-max          real-time: raise N by --step from --from to --to (until two
                       misses in a row), report the
                       largest N with zero failures and p99 < 50 ms
@@ -59,11 +61,6 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --perf PATH         record a perf profile (cpu-clock; BENCH_PERF_CALLGRAPH=1 for call graphs) of the
                       gateway during the measured window (needs `perf`)
 ";
-
-/// The smoke waits this long after `ready` before its first frame: the
-/// gateway can drop audio sent at once (docs/performance.md, finding 1), and
-/// CI must not fail at random on a known bug. Set to zero once it is fixed.
-const SMOKE_SETTLE_AFTER_READY: Duration = Duration::from_millis(200);
 
 /// A benchmark figure: one mode, one size, through the gateway and/or direct.
 #[derive(Debug, Clone)]
@@ -84,6 +81,8 @@ struct Options {
     /// Record a `perf` profile of the gateway during each window, to this file.
     perf: Option<PathBuf>,
     micro: bool,
+    /// The fake thoth's final-result period, in frames.
+    final_every: u64,
 }
 
 fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
@@ -101,7 +100,6 @@ fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
         client_threads: 2,
         window: 32,
         concurrency: 64,
-        settle_after_ready: Duration::ZERO,
     }
 }
 
@@ -128,6 +126,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         users: None,
         perf: None,
         micro: false,
+        final_every: thoth::DEFAULT_FINAL_EVERY_FRAMES,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
@@ -150,6 +149,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--concurrency" => concurrency = Some(num(it.next(), arg)? as usize),
             "--users" => opts.users = Some(num(it.next(), arg)?.max(1.0) as usize),
             "--no-direct" => direct = false,
+            "--final-every" => opts.final_every = (num(it.next(), arg)? as u64).max(1),
             "--find-max" => find_max = true,
             "--from" => from = num(it.next(), arg)? as usize,
             "--to" => to = num(it.next(), arg)? as usize,
@@ -197,7 +197,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         let mut plan = customize(plan_for(Mode::Realtime, Some(20), 2.0));
         plan.ramp = Duration::from_millis(200);
         plan.warmup = Duration::from_millis(300);
-        plan.settle_after_ready = SMOKE_SETTLE_AFTER_READY;
         opts.figures.push(figure("smoke", plan, true));
     } else if suite {
         for (name, mode, n, with_direct) in [
@@ -254,7 +253,7 @@ fn run_side(
 ) -> Result<RunRecord, String> {
     let users = opts.users;
     let plan = &figure.plan;
-    let thoth = FakeThoth::start().map_err(|e| format!("fake thoth: {e}"))?;
+    let thoth = FakeThoth::start(opts.final_every).map_err(|e| format!("fake thoth: {e}"))?;
     let load_before = gateway::load_average();
     let (gateway, target) = match side {
         Side::Gateway => {

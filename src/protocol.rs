@@ -6,7 +6,21 @@ use crate::error::{ErrorCode, GatewayError};
 
 /// RFC 3339 UTC timestamp with millisecond precision, as every event carries.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    // Formatting costs more than the rest of an event; under load many
+    // events share a millisecond, so each thread reuses its last one.
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let millis = now.timestamp_millis();
+    LAST.with_borrow_mut(|(last_millis, text)| {
+        if *last_millis != millis {
+            *last_millis = millis;
+            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
+        text.clone()
+    })
 }
 
 /// A text frame from the browser.
@@ -92,6 +106,21 @@ impl ServerEvent<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_current_rfc3339_milliseconds() {
+        let parse = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap();
+        let first = now_rfc3339();
+        assert_eq!(first.len(), "2026-11-22T03:00:00.000Z".len(), "{first}");
+        assert!(first.ends_with('Z'));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let later = now_rfc3339();
+        // The per-thread cache must not hand out a stale time.
+        let gap = parse(&later) - parse(&first);
+        assert!(gap.num_milliseconds() >= 5, "{first} → {later}");
+        let wall = chrono::Utc::now();
+        assert!((wall - parse(&later).with_timezone(&chrono::Utc)).num_milliseconds() < 1000);
+    }
 
     #[test]
     fn parses_every_client_message() {

@@ -104,10 +104,6 @@ pub struct LoadPlan {
     pub window: usize,
     /// Connect: connections being opened at once.
     pub concurrency: usize,
-    /// Pause between `ready` and the first frame. Zero, as a browser does,
-    /// except in the CI smoke, which waits out the known ready race
-    /// (docs/performance.md, finding 1) so that CI is not flaky on it.
-    pub settle_after_ready: Duration,
 }
 
 /// The instants of a run, shared by every thread.
@@ -604,9 +600,6 @@ async fn gateway_session(
             r.ready_late += 1;
         }
     }
-    if !plan.settle_after_ready.is_zero() {
-        tokio::time::sleep(plan.settle_after_ready).await;
-    }
     let mut track = Track::new(index as u32);
     let outcome = match plan.mode {
         Mode::Flood => flood_session(&mut ws, &mut track, plan, tl, &result).await,
@@ -1046,7 +1039,6 @@ mod tests {
             client_threads: 1,
             window: 1,
             concurrency: 1,
-            settle_after_ready: Duration::ZERO,
         }
     }
 

@@ -4,8 +4,9 @@
 //! For every binary audio frame it answers a result whose text is
 //! `ack <cumulative bytes> <running checksum>`, so the load generator can
 //! time each frame and verify its content. Like a real thoth it finalises
-//! what it heard now and then: every `FINAL_EVERY_BYTES` of a session's audio
-//! (one second) the reply is a final result with `start`/`end`, which lets the
+//! what it heard now and then: every `--final-every` frames of a session's
+//! audio (default 50: one second) the reply is a final result with
+//! `start`/`end`, which lets the
 //! gateway drop that audio from its resume buffer; `session.end` → `session.done`;
 //! `session.cancel` forgets the session. Replies to everything already read
 //! are written with one flush, as a real thoth serving many sessions would.
@@ -30,10 +31,12 @@ use crate::audio::{ack_text, check_frame, RunningChecksum};
 pub const MUX_SUBPROTOCOL: &str = "thoth.mux.v1";
 /// Replies buffered before a flush, at most.
 const MAX_REPLIES_PER_FLUSH: usize = 1024;
-/// A final result once per second of audio (f32le at 16 kHz, what the load
-/// generator sends); every other reply is an interim one.
+/// The load generator's audio: f32le at 16 kHz, 20 ms frames.
 const BYTES_PER_SECOND: u64 = 16_000 * 4;
-const FINAL_EVERY_BYTES: u64 = BYTES_PER_SECOND;
+const BYTES_PER_FRAME: u64 = BYTES_PER_SECOND / 50;
+/// By default a final result once per second of audio; every other reply
+/// is an interim one.
+pub const DEFAULT_FINAL_EVERY_FRAMES: u64 = 50;
 
 /// What the fake thoth saw; read by the report.
 #[derive(Default)]
@@ -77,7 +80,10 @@ pub struct FakeThoth {
 
 impl FakeThoth {
     /// Binds 127.0.0.1:0 and serves on a thread of its own.
-    pub fn start() -> std::io::Result<FakeThoth> {
+    /// `final_every_frames`: a session's reply is a final result once per
+    /// this many of its frames.
+    pub fn start(final_every_frames: u64) -> std::io::Result<FakeThoth> {
+        let final_every_bytes = final_every_frames.max(1) * BYTES_PER_FRAME;
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
@@ -103,7 +109,7 @@ impl FakeThoth {
                             let stats = thread_stats.clone();
                             let stop = thread_stop.clone();
                             tokio::task::spawn_local(async move {
-                                let _ = serve(stream, stats, stop).await;
+                                let _ = serve(stream, stats, stop, final_every_bytes).await;
                             });
                         }
                     }
@@ -170,6 +176,7 @@ async fn serve(
     stream: TcpStream,
     stats: Arc<ThothStats>,
     stop: Arc<AtomicBool>,
+    final_every_bytes: u64,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default()
@@ -182,19 +189,27 @@ async fn serve(
     let mut sessions: HashMap<Uuid, Session> = HashMap::new();
     let mut replies: Vec<Message> = Vec::with_capacity(MAX_REPLIES_PER_FLUSH);
     let mut scratch = Vec::new();
+    let mut handle = |message, sessions: &mut _, replies: &mut _| {
+        handle(
+            message,
+            sessions,
+            replies,
+            &stats,
+            &mut scratch,
+            final_every_bytes,
+        )
+    };
     while !stop.load(Ordering::Relaxed) {
         let first = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
             Err(_) => continue,
             Ok(Some(Ok(message))) => message,
             Ok(_) => break,
         };
-        let mut closing = handle(first, &mut sessions, &mut replies, &stats, &mut scratch);
+        let mut closing = handle(first, &mut sessions, &mut replies);
         // Everything already decoded or readable is answered in one flush.
         while !closing && replies.len() < MAX_REPLIES_PER_FLUSH {
             match ws.next().now_or_never() {
-                Some(Some(Ok(message))) => {
-                    closing = handle(message, &mut sessions, &mut replies, &stats, &mut scratch)
-                }
+                Some(Some(Ok(message))) => closing = handle(message, &mut sessions, &mut replies),
                 Some(_) => closing = true,
                 None => break,
             }
@@ -218,6 +233,7 @@ fn handle(
     replies: &mut Vec<Message>,
     stats: &ThothStats,
     scratch: &mut Vec<u8>,
+    final_every_bytes: u64,
 ) -> bool {
     match message {
         Message::Binary(frame) => {
@@ -256,7 +272,7 @@ fn handle(
             session.bytes += audio.len() as u64;
             session.checksum.update(audio);
             let text = ack_text(session.bytes, session.checksum, session.last);
-            let reply = if session.bytes - session.finalised >= FINAL_EVERY_BYTES {
+            let reply = if session.bytes - session.finalised >= final_every_bytes {
                 let start = session.finalised as f64 / BYTES_PER_SECOND as f64;
                 let end = session.bytes as f64 / BYTES_PER_SECOND as f64;
                 session.finalised = session.bytes;

@@ -86,7 +86,14 @@ pub struct ClientActor {
     last_heard: Instant,
     last_audio: Instant,
     started: Instant,
-    expiry_timer: Option<SpawnHandle>,
+    /// When the token expires (moves with a refresh).
+    expires_at: Instant,
+    /// When the browser is pinged next.
+    next_ping: Instant,
+    /// The one timer a session has: token expiry, idle timeout and
+    /// heartbeat share it (each timer is polled on every wake-up of the
+    /// session, and costs memory for every held session).
+    tick: Option<SpawnHandle>,
     fragments: Reassembler,
     /// The upstream announced `Ready` (streaming also needs the link).
     upstream_ready: bool,
@@ -105,6 +112,7 @@ impl ClientActor {
         taken: Arc<AtomicUsize>,
     ) -> Self {
         let now = Instant::now();
+        let expires_at = now + until_expiry(session.token_exp);
         ClientActor {
             id_text: session.session_id.to_string(),
             rate: AudioRateLimiter::new(session.state.config.max_audio_rate),
@@ -119,7 +127,9 @@ impl ClientActor {
             last_heard: now,
             last_audio: now,
             started: now,
-            expiry_timer: None,
+            expires_at,
+            next_ping: now + HEARTBEAT_INTERVAL,
+            tick: None,
             fragments: Reassembler::default(),
             upstream_ready: false,
             backlog: Arc::new(AtomicUsize::new(0)),
@@ -182,7 +192,8 @@ impl ClientActor {
     // ---- audio -----------------------------------------------------------
 
     fn on_audio(&mut self, audio: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
-        let received = Instant::now();
+        // Set when the frame carrying this audio arrived.
+        let received = self.last_heard;
         match self.phase {
             Phase::Connecting | Phase::Streaming if !self.end_requested => {}
             Phase::Closed => return,
@@ -199,10 +210,13 @@ impl ClientActor {
         if audio.is_empty() {
             return;
         }
-        if !self.rate.admit(self.session.format.seconds(audio.len())) {
+        if !self
+            .rate
+            .admit_at(self.session.format.seconds(audio.len()), received)
+        {
             return self.report(GatewayError::new(ErrorCode::RateLimited), ctx);
         }
-        self.last_audio = Instant::now();
+        self.last_audio = received;
         let audio = if self.session.convert_to_f32 {
             s16le_to_f32le(&audio)
         } else {
@@ -289,35 +303,53 @@ impl ClientActor {
             Ok(claims) => {
                 log::info!("session {}: token refreshed", self.id_text);
                 self.session.token_exp = claims.exp;
-                self.schedule_expiry(ctx);
+                self.expires_at = Instant::now() + until_expiry(claims.exp);
+                self.schedule_tick(ctx);
             }
             Err(error) => self.report(error, ctx),
         }
     }
 
-    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(timer) = self.expiry_timer.take() {
+    /// Arms the session's one timer for its next deadline: token expiry,
+    /// idle timeout (not while ending: `done` closes the session) or ping.
+    fn schedule_tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(timer) = self.tick.take() {
             ctx.cancel_future(timer);
         }
-        let left = until_expiry(self.session.token_exp);
-        self.expiry_timer = Some(ctx.run_later(left, |act, ctx| {
-            act.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+        let mut next = self.expires_at.min(self.next_ping);
+        if self.phase != Phase::Ending {
+            next = next.min(self.last_audio + self.config().idle_timeout);
+        }
+        let delay = next.saturating_duration_since(Instant::now());
+        self.tick = Some(ctx.run_later(delay, |act, ctx| {
+            act.tick = None;
+            act.on_tick(ctx);
         }));
     }
 
-    fn schedule_idle_check(&self, delay: Duration, ctx: &mut ws::WebsocketContext<Self>) {
-        ctx.run_later(delay, |act, ctx| {
-            let idle_for = act.last_audio.elapsed();
-            let limit = act.config().idle_timeout;
-            if act.phase == Phase::Ending {
-                return; // the upstream is finishing; `done` will close the session
+    fn on_tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let now = Instant::now();
+        if now >= self.expires_at {
+            return self.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+        }
+        let idle_limit = self.config().idle_timeout;
+        if self.phase != Phase::Ending && now.duration_since(self.last_audio) >= idle_limit {
+            return self.report(GatewayError::new(ErrorCode::IdleTimeout), ctx);
+        }
+        if now >= self.next_ping {
+            if now.duration_since(self.last_heard) > CLIENT_SILENCE_TIMEOUT {
+                log::info!(
+                    "session {}: client silent for too long, dropping",
+                    self.id_text
+                );
+                self.phase = Phase::Closed;
+                ctx.stop();
+                return;
             }
-            if idle_for >= limit {
-                act.report(GatewayError::new(ErrorCode::IdleTimeout), ctx);
-            } else {
-                act.schedule_idle_check(limit - idle_for, ctx);
-            }
-        });
+            ctx.ping(b"");
+            self.next_ping = now + HEARTBEAT_INTERVAL;
+        }
+        self.schedule_tick(ctx);
     }
 
     // ---- frames from the browser -------------------------------------------
@@ -467,8 +499,7 @@ impl Actor for ClientActor {
             self.session.format.encoding.as_str(),
             self.session.format.sample_rate
         );
-        self.schedule_expiry(ctx);
-        self.schedule_idle_check(self.config().idle_timeout, ctx);
+        self.schedule_tick(ctx);
         let mut shutdown = self.session.state.shutdown.clone();
         ctx.spawn(
             async move {
@@ -478,18 +509,6 @@ impl Actor for ClientActor {
             .into_actor(self)
             .map(|_, act, ctx| act.drain(ctx)),
         );
-        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
-            if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
-                log::info!(
-                    "session {}: client silent for too long, dropping",
-                    act.id_text
-                );
-                act.phase = Phase::Closed;
-                ctx.stop();
-            } else {
-                ctx.ping(b"");
-            }
-        });
 
         let mut upstream_format = self.session.format;
         if self.session.convert_to_f32 {

@@ -22,12 +22,8 @@ impl AudioRateLimiter {
         }
     }
 
-    /// Whether `audio_secs` more seconds of audio may pass now.
-    pub fn admit(&mut self, audio_secs: f64) -> bool {
-        self.admit_at(audio_secs, Instant::now())
-    }
-
-    fn admit_at(&mut self, audio_secs: f64, now: Instant) -> bool {
+    /// Whether `audio_secs` more audio, arriving at `now`, stays within the rate.
+    pub fn admit_at(&mut self, audio_secs: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.allowance_secs = (self.allowance_secs + elapsed * self.max_rate).min(BURST_AUDIO_SECS);
