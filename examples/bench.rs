@@ -201,6 +201,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     } else if suite {
         for (name, mode, n, with_direct) in [
             ("realtime-250", Mode::Realtime, 250, true),
+            ("realtime-500", Mode::Realtime, 500, true),
             ("realtime-1000", Mode::Realtime, 1000, true),
             ("realtime-3000", Mode::Realtime, 3000, true),
             ("sparse-10000", Mode::Sparse, 10_000, false),

@@ -610,6 +610,45 @@ async fn sessions_end_with_thoth_unavailable_when_thoth_does_not_come_back() {
 }
 
 #[actix_rt::test]
+async fn audio_beyond_the_replay_buffer_during_an_outage_ends_the_session_at_once() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let mut env = base_env(&thoth.url());
+    env.insert("THOTH_REPLAY_MAX_SECS".into(), "1".into());
+    env.insert("THOTH_RESUME_TIMEOUT_SECS".into(), "30".into());
+    let gateway = start_gateway(&env).await;
+    let mut talker = open_session(&gateway, "talker").await;
+    let mut quiet = open_session(&gateway, "quiet").await;
+    thoth.stop();
+    for client in [&mut talker, &mut quiet] {
+        assert_eq!(
+            client.expect_type("error").await["code"],
+            "THOTH_RECONNECTING"
+        );
+    }
+    let outage = std::time::Instant::now();
+    // One second fits the replay buffer; the half second after it does not.
+    for _ in 0..3 {
+        talker.send_binary(f32_audio(0.25, 0.5)).await;
+    }
+    let (messages, close) = talker.until_close(Duration::from_secs(10)).await;
+    let codes: Vec<&str> = messages
+        .iter()
+        .map(|m| m["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["THOTH_UNAVAILABLE"]);
+    assert_eq!(close, Some(1011));
+    assert!(
+        outage.elapsed() < Duration::from_secs(5),
+        "ended when the audio overflowed, not at the 30 s resume timeout"
+    );
+    // The quiet session still waits for thoth, and holds its place.
+    assert_eq!(ref_count(&gateway).await, 1);
+    quiet.send_json(json!({"type": "ping"})).await;
+    assert_eq!(quiet.json().await["type"], "pong");
+    gateway.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_thoth_that_does_not_speak_mux_is_reported_as_a_configuration_error() {
     let thoth = DevThoth::start(DevThothOptions {
         mux: false,
