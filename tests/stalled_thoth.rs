@@ -118,14 +118,3 @@ async fn a_thoth_that_stops_reading_gets_its_sessions_cut_with_bounded_memory() 
     gateway.stop().await;
     thoth.abort();
 }
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024.0
-}

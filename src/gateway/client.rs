@@ -3,7 +3,7 @@
 //! and guarantees that however the session ends its upstream slot is freed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,8 @@ use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
 use crate::upstream::audio_route::Routed;
 use crate::upstream::{
-    AudioSink, ClientHandle, EndSession, SessionAudio, Subscribe, ToClient, Unsubscribe,
-    UpstreamEvent, UpstreamLink,
+    AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, ToClient,
+    Unsubscribe, UpstreamEvent, UpstreamLink,
 };
 
 /// The gateway pings the browser this often…
@@ -97,8 +97,8 @@ pub struct ClientActor {
     fragments: Reassembler,
     /// The upstream announced `Ready` (streaming also needs the link).
     upstream_ready: bool,
-    /// Upstream events queued for this actor and not handled yet.
-    backlog: Arc<AtomicUsize>,
+    /// Upstream events queued for this actor, and handled by it.
+    events: Arc<EventCounts>,
     /// Frames written to the browser and not yet taken by the server.
     outbound: OutboundQueue,
 }
@@ -132,7 +132,7 @@ impl ClientActor {
             tick: None,
             fragments: Reassembler::default(),
             upstream_ready: false,
-            backlog: Arc::new(AtomicUsize::new(0)),
+            events: Arc::default(),
             outbound: OutboundQueue::new(taken),
         }
     }
@@ -251,15 +251,21 @@ impl ClientActor {
                 audio,
                 received,
             }),
-            AudioSink::Route(route) => {
-                if route.send(audio, received) == Routed::Overflowed {
+            AudioSink::Route(route) => match route.send(audio, received) {
+                Routed::Sent | Routed::Held | Routed::Dropped => {}
+                Routed::Congested => {
+                    // Stop reading the browser (its TCP window closes) until
+                    // the shared socket's queue has drained.
+                    ctx.wait(route.drained().into_actor(self));
+                }
+                Routed::Overflowed => {
                     log::warn!(
                         "session {}: thoth away for longer than the replay buffer holds",
                         self.id_text
                     );
                     self.on_failed(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
                 }
-            }
+            },
         }
     }
 
@@ -514,8 +520,8 @@ impl Actor for ClientActor {
         if self.session.convert_to_f32 {
             upstream_format.encoding = crate::audio::Encoding::F32le;
         }
-        let (client, backlog) = ClientHandle::new(ctx.address().recipient());
-        self.backlog = backlog;
+        let (client, events) = ClientHandle::new(ctx.address().recipient());
+        self.events = events;
         let subscribe = Subscribe {
             session_id: self.session.session_id,
             format: upstream_format,
@@ -588,7 +594,7 @@ impl Handler<ToClient> for ClientActor {
     type Result = ();
 
     fn handle(&mut self, ToClient { event, sent }: ToClient, ctx: &mut Self::Context) {
-        self.backlog.fetch_sub(1, Ordering::Relaxed);
+        self.events.handled_one();
         if self.phase == Phase::Closed {
             return;
         }

@@ -25,6 +25,9 @@ use crate::metrics;
 pub enum Routed {
     /// Queued toward thoth (and kept for a resume, in mux mode).
     Sent,
+    /// Queued, but the socket's queue is congested: the session should stop
+    /// reading its browser until [`AudioRoute::drained`].
+    Congested,
     /// The socket is down: kept for the resume.
     Held,
     /// The socket is down for longer than the replay buffer holds: the
@@ -106,6 +109,17 @@ impl AudioRoute {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Resolves once the socket's queue drained (see
+    /// [`ThothWriter::drained`]); at once when the route has no socket.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let writer = self.lock().writer.clone();
+        async move {
+            if let Some(writer) = writer {
+                writer.drained().await;
+            }
+        }
+    }
+
     /// Sends a chunk of audio (a whole number of samples, in thoth's
     /// encoding), stamped with when the browser's frame arrived.
     pub fn send(&self, audio: Bytes, received: Instant) -> Routed {
@@ -137,6 +151,7 @@ impl AudioRoute {
         };
         metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
         match writer.send(WsMessage::Binary(frame), Some(received)) {
+            Ok(()) if writer.congested() => Routed::Congested,
             Ok(()) => Routed::Sent,
             // The actor was told (stall) or will be (writer gone) and drops
             // the socket; the replay has this audio for the resume.

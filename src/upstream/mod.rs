@@ -16,7 +16,7 @@ pub mod socket;
 pub mod thoth;
 pub mod thoth_writer;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,25 +63,41 @@ pub struct Subscribe {
 /// as stalled (it stopped reading, so its actor stopped running).
 pub const MAX_CLIENT_BACKLOG: usize = 1024;
 
+/// Events queued for a ClientActor, and how many it handled: shared by the
+/// upstream (which queues) and the ClientActor (which handles).
+#[derive(Default)]
+pub struct EventCounts {
+    backlog: AtomicUsize,
+    handled: AtomicU64,
+}
+
+impl EventCounts {
+    /// The ClientActor handled one event.
+    pub fn handled_one(&self) {
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// How an upstream reaches one session's ClientActor, with a bound on the
 /// events waiting for it: `Addr::do_send` ignores mailbox capacity, so the
 /// bound is kept here.
 #[derive(Clone)]
 pub struct ClientHandle {
     recipient: Recipient<ToClient>,
-    backlog: Arc<AtomicUsize>,
+    counts: Arc<EventCounts>,
 }
 
 impl ClientHandle {
-    /// The handle, and the counter the ClientActor decrements per event handled.
-    pub fn new(recipient: Recipient<ToClient>) -> (ClientHandle, Arc<AtomicUsize>) {
-        let backlog = Arc::new(AtomicUsize::new(0));
+    /// The handle, and the counts the ClientActor updates per event handled.
+    pub fn new(recipient: Recipient<ToClient>) -> (ClientHandle, Arc<EventCounts>) {
+        let counts = Arc::new(EventCounts::default());
         (
             ClientHandle {
                 recipient,
-                backlog: backlog.clone(),
+                counts: counts.clone(),
             },
-            backlog,
+            counts,
         )
     }
 
@@ -89,8 +105,9 @@ impl ClientHandle {
     /// queued) — the caller then ends the session with [`Self::cut_off`].
     #[must_use]
     pub fn deliver(&self, event: UpstreamEvent) -> bool {
-        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENT_BACKLOG {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        let backlog = &self.counts.backlog;
+        if backlog.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENT_BACKLOG {
+            backlog.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         self.send(event);
@@ -106,13 +123,18 @@ impl ClientHandle {
 
     /// The session's last event, queued past the bound (one more at most).
     pub fn cut_off(&self, event: UpstreamEvent) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.counts.backlog.fetch_add(1, Ordering::Relaxed);
         self.send(event);
     }
 
     /// Events queued for the ClientActor and not handled yet.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+        self.counts.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Events the ClientActor handled so far.
+    pub fn handled(&self) -> u64 {
+        self.counts.handled.load(Ordering::Relaxed)
     }
 
     /// Whether the ClientActor still runs.

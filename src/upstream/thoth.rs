@@ -107,24 +107,24 @@ struct SessionSlot {
 }
 
 /// A ClientActor whose browser stops reading stops running (actix polls it
-/// only while the socket takes writes), so its backlog stops shrinking.
+/// only while the socket takes writes), so it stops handling its events.
 struct StallWatch {
-    last_backlog: usize,
+    last_handled: u64,
     since: Instant,
 }
 
 impl StallWatch {
     fn new() -> Self {
         StallWatch {
-            last_backlog: 0,
+            last_handled: 0,
             since: Instant::now(),
         }
     }
 
-    /// Whether `backlog` has been waiting, never shrinking, for `limit`.
-    fn stalled(&mut self, backlog: usize, limit: Duration) -> bool {
-        let progressed = backlog == 0 || backlog < self.last_backlog;
-        self.last_backlog = backlog;
+    /// Whether events have been waiting for `limit` with none handled.
+    fn stalled(&mut self, backlog: usize, handled: u64, limit: Duration) -> bool {
+        let progressed = backlog == 0 || handled != self.last_handled;
+        self.last_handled = handled;
         if progressed {
             self.since = Instant::now();
             return false;
@@ -811,9 +811,9 @@ impl ThothUpstreamActor {
             .sessions
             .iter_mut()
             .filter_map(|(id, slot)| {
-                let backlog = slot.client.backlog();
+                let (backlog, handled) = (slot.client.backlog(), slot.client.handled());
                 slot.stall
-                    .stalled(backlog, CLIENT_STALL_TIMEOUT)
+                    .stalled(backlog, handled, CLIENT_STALL_TIMEOUT)
                     .then_some(*id)
             })
             .collect();

@@ -5,8 +5,12 @@
 //! session's ClientActor (live audio, straight from its own thread, see
 //! `audio_route.rs`), so audio never waits in the actor's mailbox.
 //!
-//! The queue is bounded in bytes: a thoth that stops reading cannot make the
-//! gateway hold unbounded memory.
+//! The queue is bounded in bytes. Over `CONGESTED_QUEUE_BYTES` it pushes
+//! back: sessions stop reading their browsers until the writer has drained it
+//! (TCP then slows the browsers down), so an overloaded gateway or a slow
+//! thoth turns into latency, not memory, and not into failed sessions. A thoth
+//! that stops reading altogether is detected (no write progress for
+//! `OUTBOUND_STALL_AFTER`) and its socket given up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,13 +20,17 @@ use actix::prelude::*;
 use awc::ws::Message as WsMessage;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::connect::WsFramed;
 use crate::metrics;
 
+/// Live bytes queued toward one thoth socket above which sessions pause
+/// reading their browsers until the writer has drained the queue below it.
+pub const CONGESTED_QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Live bytes queued toward one thoth socket above which the writer must show
 /// progress within `OUTBOUND_STALL_AFTER`, or thoth counts as not reading.
+/// (Sessions that have not paused yet may still add a frame each.)
 pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Over `MAX_OUTBOUND_QUEUE_BYTES` × this, the socket is given up at once:
 /// the hard memory bound, whatever thoth does.
@@ -60,12 +68,37 @@ struct Outgoing {
 struct Progress {
     /// Live bytes handed to the writer and not yet taken from the queue.
     queued_bytes: AtomicUsize,
-    /// Flushes the writer completed.
-    flushes: AtomicU64,
-    /// When the queue went over its soft bound, and the flush count then.
+    /// Frames the writer handed to the socket: its progress.
+    written: AtomicU64,
+    /// When the queue went over its soft bound, and the written count then.
     over_bound: Mutex<Option<(Instant, u64)>>,
     /// Whether `over_bound` is set: spares the lock while under the bound.
     watching: AtomicBool,
+    /// Wakes sessions paused on a congested queue once it drained.
+    drained: Notify,
+    /// Whether any session waits on `drained` (spares the notify otherwise).
+    paused: AtomicBool,
+    /// The writer task ended.
+    ended: AtomicBool,
+}
+
+impl Progress {
+    fn congested(&self) -> bool {
+        self.queued_bytes.load(Ordering::SeqCst) > CONGESTED_QUEUE_BYTES
+    }
+
+    /// After the writer took a frame, or when it ends: wakes paused
+    /// sessions once the queue is below the congestion mark.
+    fn release_paused(&self, ended: bool) {
+        if ended {
+            self.ended.store(true, Ordering::SeqCst);
+        } else if !self.paused.load(Ordering::SeqCst) || self.congested() {
+            return;
+        }
+        if self.paused.swap(false, Ordering::SeqCst) {
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 /// A handle that queues frames toward one socket. Cheap to clone; the socket
@@ -101,14 +134,15 @@ impl ThothWriter {
                     while let Some(outgoing) = next {
                         writer_progress
                             .queued_bytes
-                            .fetch_sub(outgoing.counted, Ordering::Relaxed);
+                            .fetch_sub(outgoing.counted, Ordering::SeqCst);
+                        writer_progress.release_paused(false);
                         stamps.extend(outgoing.received);
                         closing = matches!(outgoing.message, WsMessage::Close(_));
                         sink.feed(outgoing.message).await?;
+                        writer_progress.written.fetch_add(1, Ordering::Relaxed);
                         next = if closing { None } else { queue.try_recv().ok() };
                     }
                     sink.flush().await?;
-                    writer_progress.flushes.fetch_add(1, Ordering::Relaxed);
                     for received in stamps.drain(..) {
                         metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
                     }
@@ -120,6 +154,7 @@ impl ThothWriter {
                 sink.close().await
             }
             .await;
+            writer_progress.release_paused(true);
             if let Err(e) = result {
                 writer_trouble.do_send(WriterFailed {
                     generation,
@@ -166,6 +201,43 @@ impl ThothWriter {
         })
     }
 
+    /// Whether the queue is over `CONGESTED_QUEUE_BYTES`: senders should
+    /// pause until [`Self::drained`].
+    pub fn congested(&self) -> bool {
+        self.progress.congested()
+    }
+
+    /// Resolves once the queue is below `CONGESTED_QUEUE_BYTES` or the
+    /// writer is gone. A writer that writes nothing for
+    /// `OUTBOUND_STALL_AFTER` meanwhile is reported as stalled (thoth is not
+    /// reading), and the wait ends: the upstream actor gives the socket up.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let progress = self.progress.clone();
+        let trouble = self.trouble.clone();
+        let generation = self.generation;
+        async move {
+            loop {
+                let notified = progress.drained.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a release in between is not missed.
+                notified.as_mut().enable();
+                progress.paused.store(true, Ordering::SeqCst);
+                if !progress.congested() || progress.ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                let written = progress.written.load(Ordering::Relaxed);
+                let woken = actix_rt::time::timeout(OUTBOUND_STALL_AFTER, notified).await;
+                if woken.is_err() && progress.written.load(Ordering::Relaxed) == written {
+                    trouble.do_send(WriterFailed {
+                        generation,
+                        reason: "thoth is not reading (no write progress)".into(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
     fn enqueue(&self, outgoing: Outgoing) -> Result<(), QueueError> {
         let counted = outgoing.counted;
         self.progress
@@ -180,8 +252,8 @@ impl ThothWriter {
     }
 
     /// Whether queueing `len` more live bytes means thoth stopped reading:
-    /// over the hard bound, or over the soft bound with no flush completed
-    /// for `OUTBOUND_STALL_AFTER`.
+    /// over the hard bound, or over the soft bound with nothing written for
+    /// `OUTBOUND_STALL_AFTER`.
     fn check_queue(&self, len: usize) -> Option<&'static str> {
         let queued = self.progress.queued_bytes.load(Ordering::Relaxed) + len;
         if queued > MAX_OUTBOUND_QUEUE_BYTES * OUTBOUND_HARD_FACTOR {
@@ -200,13 +272,13 @@ impl ThothWriter {
             progress.watching.store(false, Ordering::Relaxed);
             return None;
         }
-        let flushes = progress.flushes.load(Ordering::Relaxed);
+        let written = progress.written.load(Ordering::Relaxed);
         match *over_bound {
-            Some((since, seen)) if seen == flushes => (since.elapsed() >= OUTBOUND_STALL_AFTER)
+            Some((since, seen)) if seen == written => (since.elapsed() >= OUTBOUND_STALL_AFTER)
                 .then_some("thoth is not reading (no write progress)"),
             // Newly over the bound, or the writer progressed: watch from now.
             _ => {
-                *over_bound = Some((Instant::now(), flushes));
+                *over_bound = Some((Instant::now(), written));
                 progress.watching.store(true, Ordering::Relaxed);
                 None
             }

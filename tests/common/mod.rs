@@ -173,6 +173,26 @@ impl WsClient {
     }
 
     /// The next JSON message or close, skipping pings.
+    /// The text messages that arrive within `within` (stops early at a close).
+    pub async fn drain_for(&mut self, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut messages = Vec::new();
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.framed.next()).await
+        {
+            match frame {
+                Frame::Text(text) => {
+                    messages.push(serde_json::from_slice(&text).expect("server sends JSON"))
+                }
+                Frame::Close(_) => break,
+                Frame::Ping(p) => {
+                    let _ = self.framed.send(Message::Pong(p)).await;
+                }
+                _ => {}
+            }
+        }
+        messages
+    }
+
     pub async fn recv(&mut self, within: Duration) -> Received {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -294,4 +314,16 @@ pub fn report_figure(line: &str) {
             let _ = writeln!(file, "{line}");
         }
     }
+}
+
+/// This process's resident memory, MiB (the gateway runs in-process).
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
 }
