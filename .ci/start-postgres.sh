@@ -6,12 +6,13 @@
 #   bash .ci/stop-postgres.sh
 # Idempotent: if the server is already up it only (re)creates the database.
 # Everything but the final `export` line goes to stderr.
-# Settings: PGTEST_DIR (default /tmp/chronus-pgtest), PGTEST_PORT (55432),
+# Settings: PGTEST_DIR (default /tmp/chronus-pgtest), PGTEST_PORT (25432: below the ephemeral port range, so a
+# client socket of a busy machine cannot be holding it),
 # PGTEST_DB (gateway_test).
 set -euo pipefail
 
 PGTEST_DIR="${PGTEST_DIR:-/tmp/chronus-pgtest}"
-PGTEST_PORT="${PGTEST_PORT:-55432}"
+PGTEST_PORT="${PGTEST_PORT:-25432}"
 PGTEST_DB="${PGTEST_DB:-gateway_test}"
 
 log() { echo "start-postgres: $*" >&2; }
