@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_codec::Framed;
-use awc::error::WsClientError;
+use awc::error::{ConnectError, SendRequestError, WsClientError};
 use awc::http::header::{HeaderName, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use awc::{ws, BoxedSocket};
 use rand::Rng;
@@ -160,9 +160,26 @@ fn classify(err: WsClientError) -> ConnectFailure {
         WsClientError::InvalidResponseStatus(status) => {
             ConnectFailure::Rejected(format!("HTTP {status}"))
         }
+        WsClientError::SendRequest(e) if is_untrusted_certificate(&e) => {
+            ConnectFailure::Rejected(e.to_string())
+        }
         WsClientError::SendRequest(e) => ConnectFailure::Unreachable(e.to_string()),
         other => ConnectFailure::Rejected(other.to_string()),
     }
+}
+
+/// Whether the TLS handshake failed on thoth's certificate: retrying cannot
+/// make an untrusted certificate trusted, so the session hears at once.
+/// (awc's errors do not chain `source()`, hence the explicit match.)
+fn is_untrusted_certificate(err: &SendRequestError) -> bool {
+    let SendRequestError::Connect(ConnectError::Io(io)) = err else {
+        return false;
+    };
+    matches!(
+        io.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
 
 /// Tries once, then retries `CONNECT_RETRIES` times with exponential backoff
