@@ -470,16 +470,6 @@ impl ThothUpstreamActor {
         }
     }
 
-    /// Queues replayed audio (outside the live bound, see [`ThothWriter::send_uncounted`]).
-    fn send_replay(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        let Some(writer) = self.writer() else {
-            return;
-        };
-        if writer.send_uncounted(WsMessage::Binary(frame)).is_err() {
-            self.link_lost("writer stopped", ctx);
-        }
-    }
-
     fn send_command(&mut self, command: MuxCommand<'_>, ctx: &mut Context<Self>) {
         let text = command.to_json();
         self.send(WsMessage::Text(text.into()), ctx);
@@ -510,8 +500,12 @@ impl ThothUpstreamActor {
         slot.resuming = false;
         let (format, ending, route) =
             (slot.format, slot.phase == Phase::Ending, slot.route.clone());
+        let Some(writer) = self.writer().cloned() else {
+            return;
+        };
         // Holding the route keeps the session's new audio out until the
-        // replay is queued: it follows, in order.
+        // replay is queued: it follows, in order. Nothing that could take
+        // the route's lock again (`link_lost`) runs while it is held.
         let mut state = route.lock();
         let Some(replay) = state.replay().filter(|r| r.resumable()) else {
             drop(state);
@@ -527,20 +521,28 @@ impl ThothUpstreamActor {
             .chunks()
             .map(|chunk| mux_frame::audio_frame(&session_id, chunk))
             .collect();
-        self.send_command(MuxCommand::start(&session_id, format, offset_ms), ctx);
-        for frame in frames {
-            self.send_replay(frame, ctx);
-        }
-        if ending {
-            self.send_command(
-                MuxCommand::End {
+        let queued = (|| {
+            let start = MuxCommand::start(&session_id, format, offset_ms).to_json();
+            writer.send(WsMessage::Text(start.into()), None)?;
+            for frame in frames {
+                writer.send_uncounted(WsMessage::Binary(frame))?;
+            }
+            if ending {
+                let end = MuxCommand::End {
                     session_id: &session_id,
-                },
-                ctx,
-            );
+                };
+                writer.send(WsMessage::Text(end.to_json().into()), None)?;
+            }
+            Ok(())
+        })();
+        if queued != Err(QueueError::Gone) {
+            // (A stalled writer has told this actor; the socket is dropped
+            // next and the session held again, its replay intact.)
+            state.attach(writer);
         }
-        if let Some(writer) = self.writer() {
-            state.attach(writer.clone());
+        drop(state);
+        if queued == Err(QueueError::Gone) {
+            self.link_lost("writer stopped", ctx);
         }
     }
 
