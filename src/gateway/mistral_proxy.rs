@@ -48,7 +48,7 @@ use crate::upstream::mistral::{
     MAX_OUTBOUND_QUEUE_BYTES,
 };
 use crate::upstream::mistral_sessions::MistralSessionGuard;
-use crate::upstream::socket::{message_len, SendFailure, SocketWriter};
+use crate::upstream::socket::{message_len, SocketWriter};
 
 /// The gateway pings both sides this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -259,18 +259,8 @@ impl MistralProxyActor {
             }
             Upstream::Open(writer) => {
                 metrics::GATEWAY_TO_UPSTREAM.record(len);
-                match writer.send(message) {
-                    Ok(()) => {}
-                    Err(SendFailure::Stalled) => self.report(
-                        GatewayError::with_message(
-                            ErrorCode::MistralUnavailable,
-                            "Mistral is not keeping up with the audio",
-                        ),
-                        ctx,
-                    ),
-                    Err(SendFailure::Closed) => {
-                        self.report(GatewayError::new(ErrorCode::MistralUnavailable), ctx)
-                    }
+                if let Err(failure) = writer.send(message) {
+                    self.report(failure.session_error(), ctx);
                 }
             }
             Upstream::Closed => {}

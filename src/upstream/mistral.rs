@@ -384,24 +384,14 @@ impl MistralUpstreamActor {
             return;
         };
         metrics::GATEWAY_TO_UPSTREAM.record(text.len());
-        match writer.send(WsMessage::Text(text.into())) {
-            Ok(()) => {}
-            Err(SendFailure::Stalled) => {
+        if let Err(failure) = writer.send(WsMessage::Text(text.into())) {
+            if failure == SendFailure::Stalled {
                 log::warn!(
                     "mistral: session {}: Mistral is not reading (outbound queue full)",
                     self.session_id
                 );
-                self.fail(
-                    GatewayError::with_message(
-                        ErrorCode::MistralUnavailable,
-                        "Mistral is not keeping up with the audio",
-                    ),
-                    ctx,
-                );
             }
-            Err(SendFailure::Closed) => {
-                self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx)
-            }
+            self.fail(failure.session_error(), ctx);
         }
     }
 

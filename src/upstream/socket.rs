@@ -1,7 +1,8 @@
 //! The write half of a per-session upstream socket (Mistral): a task drains a
 //! queue into the socket, and the bytes waiting in that queue are counted so
 //! that a peer that stops reading cannot make the gateway hold unbounded
-//! memory. Same design as the thoth socket's writer (`thoth.rs`).
+//! memory. A simpler sibling of the shared thoth socket's writer
+//! (`thoth_writer.rs`, which adds backpressure and replays).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 
 use super::connect::WsFramed;
+use crate::error::{ErrorCode, GatewayError};
 
 /// After our close frame, the TCP connection stays open this long before the
 /// gateway shuts it down: a peer that reads the close frame and the FIN in
@@ -27,6 +29,19 @@ pub enum SendFailure {
     Stalled,
     /// The writer task is gone (the socket failed or was closed).
     Closed,
+}
+
+impl SendFailure {
+    /// What the session hears when its Mistral socket cannot take a frame.
+    pub fn session_error(self) -> GatewayError {
+        match self {
+            SendFailure::Stalled => GatewayError::with_message(
+                ErrorCode::MistralUnavailable,
+                "Mistral is not keeping up with the audio",
+            ),
+            SendFailure::Closed => GatewayError::new(ErrorCode::MistralUnavailable),
+        }
+    }
 }
 
 /// Queues frames toward one upstream socket. Dropping it (or [`close`])

@@ -23,6 +23,7 @@ use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
 
 use super::connect::WsFramed;
+use super::socket::message_len;
 use crate::metrics;
 
 /// Live bytes queued toward one thoth socket above which sessions pause
@@ -289,13 +290,5 @@ impl ThothWriter {
                 None
             }
         }
-    }
-}
-
-fn message_len(message: &WsMessage) -> usize {
-    match message {
-        WsMessage::Text(text) => text.len(),
-        WsMessage::Binary(bytes) => bytes.len(),
-        _ => 0,
     }
 }
