@@ -6,8 +6,10 @@ use std::sync::LazyLock;
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::error::ErrorCode;
 
 /// The gateway's registry (not the crate's default one, so tests and the
 /// bench can read exactly what the gateway exports).
@@ -119,6 +121,49 @@ pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Why a session was refused admission under load (values of the `reason`
+/// label of `chronus_admission_refusals_total`).
+pub const REFUSAL_MAX_SESSIONS: &str = "max_sessions";
+pub const REFUSAL_MAX_SESSIONS_PER_USER: &str = "max_sessions_per_user";
+pub const REFUSAL_THOTH_BUSY: &str = "thoth_busy";
+
+pub static ADMISSION_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "chronus_admission_refusals_total",
+                "Sessions refused for lack of capacity, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The configured `MAX_SESSIONS`, so alerts can compare the load with it.
+pub static SESSIONS_MAX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "chronus_sessions_max",
+            "The process-wide session cap (MAX_SESSIONS)",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Counts a session refused by `reason` (one of the `REFUSAL_…` values).
+pub fn count_refusal(reason: &str) {
+    ADMISSION_REFUSALS.with_label_values(&[reason]).inc();
+}
+
+/// Counts an error that ends a session as a refusal when it is one (thoth
+/// said it is busy: no free legacy endpoint, `OVERLOADED`, close 1013).
+pub fn count_session_error(code: ErrorCode) {
+    if code == ErrorCode::ThothBusy {
+        count_refusal(REFUSAL_THOTH_BUSY);
+    }
+}
+
 pub static SESSION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
@@ -191,6 +236,15 @@ pub fn init() {
     LazyLock::force(&LATENCY_UPSTREAM);
     LazyLock::force(&LATENCY_DOWNSTREAM);
     LazyLock::force(&AUTH_FAILURES);
+    // Refusal counters exist at 0, so `increase()` sees the first refusal.
+    for reason in [
+        REFUSAL_MAX_SESSIONS,
+        REFUSAL_MAX_SESSIONS_PER_USER,
+        REFUSAL_THOTH_BUSY,
+    ] {
+        ADMISSION_REFUSALS.with_label_values(&[reason]);
+    }
+    LazyLock::force(&SESSIONS_MAX);
     LazyLock::force(&THOTH_REF_COUNT);
     LazyLock::force(&THOTH_CONNECTION_STATE);
     LazyLock::force(&THOTH_SOCKETS_OPEN);

@@ -500,8 +500,8 @@ fn compose_publishes_the_public_port_but_never_the_admin_port() {
 fn every_compose_service_has_a_healthcheck() {
     let services = compose_services();
     assert!(
-        services.len() >= 4,
-        "gateway, postgres, dev thoth, prometheus"
+        services.len() >= 5,
+        "gateway, postgres, dev thoth, prometheus, grafana"
     );
     for (name, svc) in &services {
         let check = &svc["healthcheck"];
@@ -565,6 +565,138 @@ fn prometheus_scrapes_the_gateway_admin_port() {
     assert!(
         scrapes_admin,
         "deploy/prometheus.yml scrapes {wanted}/metrics"
+    );
+}
+
+// ---- alert rules and Grafana in compose -----------------------------------
+
+/// `(host path, container path)` of a service's bind mounts (`./x:/y[:ro]`).
+fn bind_mounts(service: &Value) -> Vec<(String, String)> {
+    service["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|v| v.starts_with("./"))
+        .map(|v| {
+            let mut parts = v.split(':');
+            let host = parts.next().unwrap_or_default().trim_start_matches("./");
+            (
+                host.to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The repository file a container path maps to through `mounts`, if any.
+fn host_file(mounts: &[(String, String)], container_path: &str) -> Option<String> {
+    mounts.iter().find_map(|(host, target)| {
+        let rest = container_path.strip_prefix(target.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{host}{rest}"))
+    })
+}
+
+/// The compose service whose image starts with `image`.
+fn service_with_image<'a>(services: &'a serde_yaml::Mapping, image: &str) -> (String, &'a Value) {
+    services
+        .iter()
+        .find(|(_, svc)| svc["image"].as_str().is_some_and(|i| i.starts_with(image)))
+        .map(|(name, svc)| (scalar(name), svc))
+        .unwrap_or_else(|| panic!("no service runs {image}"))
+}
+
+#[test]
+fn compose_prometheus_finds_every_rule_file_its_config_names() {
+    let services = compose_services();
+    let (_, prometheus) = service_with_image(&services, "prom/prometheus");
+    let mounts = bind_mounts(prometheus);
+    let config_in_container = "/etc/prometheus/prometheus.yml";
+    assert_eq!(
+        host_file(&mounts, config_in_container).as_deref(),
+        Some("deploy/prometheus.yml")
+    );
+    let rule_files = yaml_file("deploy/prometheus.yml")["rule_files"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !rule_files.is_empty(),
+        "deploy/prometheus.yml loads alert rules"
+    );
+    for rule_file in rule_files {
+        let relative = scalar(&rule_file);
+        // Prometheus resolves rule files relative to its config file.
+        let in_container = format!("/etc/prometheus/{relative}");
+        let host = host_file(&mounts, &in_container)
+            .unwrap_or_else(|| panic!("{in_container} is not mounted into Prometheus"));
+        assert_eq!(
+            host,
+            format!("deploy/{relative}"),
+            "same path on both sides"
+        );
+        yaml_file(&host);
+    }
+}
+
+#[test]
+fn compose_grafana_is_provisioned_with_prometheus_and_the_dashboards() {
+    let services = compose_services();
+    let (prometheus_name, _) = service_with_image(&services, "prom/prometheus");
+    let (name, grafana) = service_with_image(&services, "grafana/");
+    let mounts = bind_mounts(grafana);
+    let provisioning = host_file(&mounts, "/etc/grafana/provisioning")
+        .unwrap_or_else(|| panic!("{name:?} mounts its provisioning directory"));
+    assert_eq!(provisioning, "deploy/grafana/provisioning");
+
+    // The datasource points at the compose Prometheus service.
+    let datasources =
+        yaml_file(&format!("{provisioning}/datasources/prometheus.yml"))["datasources"].clone();
+    let prometheus_ds = datasources
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|ds| ds["type"].as_str() == Some("prometheus"))
+        .expect("a prometheus datasource");
+    assert_eq!(
+        scalar(&prometheus_ds["url"]),
+        format!("http://{prometheus_name}:9090")
+    );
+
+    // The dashboard provider reads the directory the dashboards are mounted on.
+    let providers =
+        yaml_file(&format!("{provisioning}/dashboards/chronus.yml"))["providers"].clone();
+    let dashboards_in_container = scalar(&providers[0]["options"]["path"]);
+    let dashboards = host_file(&mounts, &dashboards_in_container)
+        .unwrap_or_else(|| panic!("{dashboards_in_container} is not mounted into {name:?}"));
+    let mut found = 0;
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(&dashboards))
+        .expect("dashboards directory")
+    {
+        let path = entry.expect("dir entry").path();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        found += 1;
+    }
+    assert!(found >= 1, "{dashboards} holds a dashboard");
+
+    // Published on the host's loopback only, with a password from .env.
+    let ports: Vec<String> = grafana["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(scalar)
+        .collect();
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| p.starts_with("127.0.0.1:")),
+        "{ports:?}"
+    );
+    let password = &environment(grafana)["GF_SECURITY_ADMIN_PASSWORD"];
+    assert!(
+        password.starts_with("${") && password.contains(":?"),
+        "{password}"
     );
 }
 

@@ -169,6 +169,7 @@ impl ClientActor {
         if self.phase == Phase::Closed {
             return;
         }
+        metrics::count_session_error(error.code);
         self.send_text(error.envelope(Some(&self.id_text)), ctx);
         if let Some(code) = error.code.close_code() {
             log::info!(

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{ErrorCode, GatewayError};
+use crate::metrics;
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -23,6 +24,7 @@ pub struct SessionLimiter {
 
 impl SessionLimiter {
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
+        metrics::SESSIONS_MAX.set(i64::try_from(max_total).unwrap_or(i64::MAX));
         SessionLimiter {
             max_total,
             max_per_user,
@@ -34,6 +36,7 @@ impl SessionLimiter {
     pub fn acquire(&self, user: &str) -> Result<SessionPermit, GatewayError> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total {
+            metrics::count_refusal(metrics::REFUSAL_MAX_SESSIONS);
             return Err(GatewayError::with_message(
                 ErrorCode::TooManySessions,
                 "The gateway is at its session limit; try again shortly",
@@ -41,6 +44,7 @@ impl SessionLimiter {
         }
         let mine = counts.per_user.get(user).copied().unwrap_or(0);
         if mine >= self.max_per_user {
+            metrics::count_refusal(metrics::REFUSAL_MAX_SESSIONS_PER_USER);
             return Err(GatewayError::with_message(
                 ErrorCode::TooManySessions,
                 format!("You already have {mine} transcription sessions open"),
