@@ -102,9 +102,12 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
     let Some(binary) = tool_or_skip("prometheus", "prometheus_scrape") else {
         return;
     };
+    // Two thoth endpoints: sessions are spread over both, each with its own
+    // `endpoint` series. The first one is restarted later.
     let mut thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let other_thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let thoth_addr = thoth.addr();
-    let mut env = base_env(&thoth.url());
+    let mut env = base_env(&format!("{},{}", thoth.url(), other_thoth.url()));
     env.insert("MAX_SESSIONS".into(), MAX_SESSIONS.to_string());
     let gateway = start_gateway(&env).await;
     let prometheus = Prometheus::start(
@@ -113,12 +116,21 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
         &[repo_path(ALERTS)],
     )
     .await;
-    let endpoint = pool_report(&gateway).await["thoth"][0]["url"]
-        .as_str()
-        .expect("the pool names its endpoint")
-        .to_string();
-    let ep = quoted(&endpoint);
-    let ref_count = format!("chronus_thoth_ref_count{{endpoint={ep}}}");
+    let pool = pool_report(&gateway).await;
+    let endpoints: Vec<String> = (0..2)
+        .map(|i| {
+            pool["thoth"][i]["url"]
+                .as_str()
+                .expect("the pool names its endpoints")
+                .to_string()
+        })
+        .collect();
+    let ep = quoted(&endpoints[0]);
+    let ref_counts = "chronus_thoth_ref_count";
+    let total_ref_count = format!("sum({ref_counts})");
+    // Both endpoints at 0, as `by_label` sorts them.
+    let mut at_zero: Vec<(String, f64)> = endpoints.iter().map(|e| (e.clone(), 0.0)).collect();
+    at_zero.sort_by(|a, b| a.0.cmp(&b.0));
 
     // The target is up and the rule file loaded (an alert rule evaluates).
     prometheus
@@ -130,7 +142,9 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
         )
         .await;
     prometheus
-        .wait_value("reference count at rest", &ref_count, 0.0, SETTLE)
+        .wait_for("reference counts at rest", ref_counts, SETTLE, |r| {
+            by_label(r, "endpoint") == at_zero
+        })
         .await;
     prometheus
         .wait_value(
@@ -141,14 +155,18 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
         )
         .await;
 
-    // The reference count rises with each session (one shared mux socket).
+    // The reference counts rise with each session, to the number of open
+    // sessions in all, spread over both endpoints.
     let mut clients = Vec::new();
     for n in 1..=MAX_SESSIONS {
         clients.push(open_session(&gateway, &format!("scrape-{n}")).await);
         prometheus
-            .wait_value("reference count rises", &ref_count, n as f64, SETTLE)
+            .wait_value("reference count rises", &total_ref_count, n as f64, SETTLE)
             .await;
     }
+    let spread = by_label(&prometheus.query(ref_counts).await, "endpoint");
+    assert_eq!(spread.len(), 2, "{spread:?}");
+    assert!(spread.iter().all(|(_, count)| *count >= 1.0), "{spread:?}");
     prometheus
         .wait_for(
             "sessions by provider",
@@ -197,8 +215,8 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
             client.send_binary(frame.to_vec()).await;
         }
     }
-    // thoth restarts on the same address with the sessions open: the
-    // gateway reconnects and counts it.
+    // The first thoth restarts on the same address with the sessions open:
+    // the gateway reconnects to it and counts it against that endpoint only.
     thoth.stop();
     thoth = DevThoth::start(DevThothOptions {
         bind: thoth_addr,
@@ -213,6 +231,14 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
             |r| r.len() == 1 && sample_value(&r[0]) >= 1.0,
         )
         .await;
+    // The other endpoint's counter is absent (never incremented) or 0.
+    let untouched = quoted(&endpoints[1]);
+    let other = prometheus
+        .query(&format!(
+            "chronus_thoth_reconnects_total{{endpoint={untouched}}}"
+        ))
+        .await;
+    assert!(other.iter().all(|s| sample_value(s) == 0.0), "{other:?}");
     prometheus
         .wait_value(
             "reconnected",
@@ -222,14 +248,16 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
         )
         .await;
 
-    // The sessions end: the reference count falls back to 0.
+    // The sessions end: every reference count falls back to 0.
     let end = json!({"type": "end"}).to_string();
     for mut client in clients {
         client.send_text(end.clone()).await;
         client.until_close(Duration::from_secs(10)).await;
     }
     prometheus
-        .wait_value("reference count falls", &ref_count, 0.0, SETTLE)
+        .wait_for("reference counts fall", ref_counts, SETTLE, |r| {
+            by_label(r, "endpoint") == at_zero
+        })
         .await;
     prometheus
         .wait_value(
@@ -295,4 +323,5 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
     drop(prometheus);
     gateway.stop().await;
     thoth.stop();
+    other_thoth.stop();
 }
