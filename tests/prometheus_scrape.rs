@@ -311,6 +311,24 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
         )
         .await;
 
+    // The alert rules loaded, and every one evaluates without error against
+    // the real series (healthy after its last evaluation).
+    let alerts_in_file = std::fs::read_to_string(repo_path(ALERTS))
+        .expect("alert rules")
+        .matches("- alert: ")
+        .count();
+    let rules = prometheus.api("/api/v1/rules").await;
+    let loaded: Vec<Value> = rules["groups"]
+        .as_array()
+        .expect("rule groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(loaded.len(), alerts_in_file, "{rules}");
+    for rule in loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+
     // Every dashboard query returns data from this Prometheus.
     for (panel, expr) in dashboard_queries() {
         prometheus

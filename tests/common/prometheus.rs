@@ -172,6 +172,24 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// The `data` of an API endpoint answering `GET path` (e.g. `/api/v1/rules`).
+    pub async fn api(&self, path: &str) -> Value {
+        let url = format!("http://{}{path}", self.addr);
+        let mut response = self
+            .http
+            .get(url.as_str())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let body: Value = response
+            .json()
+            .limit(16 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: bad JSON: {e}"));
+        assert_eq!(body["status"], "success", "GET {path}: {body}");
+        body["data"].clone()
+    }
+
     /// Queries until `check` accepts the result or `within` passes; panics
     /// with the last result and `what` on the deadline.
     pub async fn wait_for(
