@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the integration tests use when they are missing
 # (today: nginx, for tests/nginx_scaling.rs; Debian's prometheus, whose
-# `prometheus` and `promtool` tests/prometheus_*.rs run). Idempotent: a machine that has
-# everything is left alone and the package index is not even refreshed.
+# `prometheus` and `promtool` binaries tests/prometheus_scrape.rs and
+# tests/alert_rules.rs run). Idempotent: a machine that has everything is left
+# alone and the package index is not even refreshed.
 #   bash scripts/install-test-deps.sh
 set -euo pipefail
 

@@ -4,7 +4,8 @@
 //! counted across a thoth restart, refusals and auth failures by reason,
 //! relay latency quantiles. Then every query of the Grafana dashboard
 //! (deploy/grafana/dashboards) runs against the same Prometheus and returns
-//! data, and the alert rules (deploy/prometheus/alerts.yml) load in it.
+//! data, and the alert rules (deploy/prometheus/alerts.yml) load in it, two
+//! of them shown to hold on the real series at the moment they should.
 //!
 //! Metrics are process-global, so this binary holds one scenario. Needs
 //! `prometheus` (scripts/install-test-deps.sh); without it the test prints a
@@ -109,6 +110,8 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
     let thoth_addr = thoth.addr();
     let mut env = base_env(&format!("{},{}", thoth.url(), other_thoth.url()));
     env.insert("MAX_SESSIONS".into(), MAX_SESSIONS.to_string());
+    // Sessions outlive thoth's restart by far (a down thoth is observed first).
+    env.insert("THOTH_RESUME_TIMEOUT_SECS".into(), "60".into());
     let gateway = start_gateway(&env).await;
     let prometheus = Prometheus::start(
         &binary,
@@ -218,6 +221,16 @@ async fn a_real_prometheus_scrape_follows_sessions_and_feeds_every_dashboard_que
     // The first thoth restarts on the same address with the sessions open:
     // the gateway reconnects to it and counts it against that endpoint only.
     thoth.stop();
+    // While it is down, its sessions wait to resume: the disconnected
+    // alert's expression (without its `for:`) picks out exactly that endpoint.
+    prometheus
+        .wait_for(
+            "ChronusThothDisconnected expression",
+            &alert_expr("ChronusThothDisconnected"),
+            SETTLE,
+            |r| r.len() == 1 && r[0]["metric"]["endpoint"] == endpoints[0].as_str(),
+        )
+        .await;
     thoth = DevThoth::start(DevThothOptions {
         bind: thoth_addr,
         ..DevThothOptions::default()
