@@ -119,6 +119,19 @@ pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static ERRORS_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "chronus_errors_total",
+                "Error envelopes sent to browsers, by code and where the failure came from (downstream, upstream, gateway)",
+            ),
+            &["code", "source"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static SESSION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
@@ -191,6 +204,7 @@ pub fn init() {
     LazyLock::force(&LATENCY_UPSTREAM);
     LazyLock::force(&LATENCY_DOWNSTREAM);
     LazyLock::force(&AUTH_FAILURES);
+    LazyLock::force(&ERRORS_SENT);
     LazyLock::force(&THOTH_REF_COUNT);
     LazyLock::force(&THOTH_CONNECTION_STATE);
     LazyLock::force(&THOTH_SOCKETS_OPEN);

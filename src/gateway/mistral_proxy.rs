@@ -171,7 +171,7 @@ impl MistralProxyActor {
             log::info!(
                 "mistral native {}: closing with {} ({code})",
                 self.id_text,
-                error.code
+                error.for_log()
             );
             self.close(code, error.code.as_str(), ctx);
         }

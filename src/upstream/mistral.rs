@@ -136,13 +136,14 @@ pub async fn open_mistral_socket(
 
 /// What the browser sees when connecting to Mistral failed.
 pub fn connect_failure_error(failure: &ConnectFailure) -> GatewayError {
-    match failure {
+    let error = match failure {
         ConnectFailure::Refused(_) => GatewayError::with_message(
             ErrorCode::AuthFailed,
             "Mistral refused your API key: check the Mistral API key in your settings",
         ),
         _ => GatewayError::new(ErrorCode::MistralUnavailable),
-    }
+    };
+    error.because(failure.to_string())
 }
 
 /// `session.update` announcing the session's audio format.
