@@ -118,7 +118,6 @@ pub struct Config {
     pub thoth_stream_token: Option<String>,
     pub thoth_ca_cert: Option<PathBuf>,
     pub thoth_idle_close: Duration,
-    pub thoth_max_sessions_per_socket: usize,
     pub thoth_replay_max: Duration,
     pub thoth_resume_timeout: Duration,
     /// Delay between connection attempts doubles from this value (3 retries).
@@ -300,7 +299,6 @@ impl Config {
             thoth_stream_token: vars.get("THOTH_STREAM_TOKEN"),
             thoth_ca_cert: vars.get("THOTH_CA_CERT").map(PathBuf::from),
             thoth_idle_close: vars.secs("THOTH_IDLE_CLOSE_SECS", 30)?,
-            thoth_max_sessions_per_socket: vars.parsed("THOTH_MAX_SESSIONS_PER_SOCKET", 0)?,
             thoth_replay_max: vars.secs("THOTH_REPLAY_MAX_SECS", 30)?,
             thoth_resume_timeout: vars.secs("THOTH_RESUME_TIMEOUT_SECS", 10)?,
             thoth_retry_base: vars.millis("THOTH_RETRY_BASE_MS", 250)?,

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -42,6 +43,21 @@ pub enum ErrorSource {
     /// The gateway itself (limits, shutdown, bugs).
     Gateway,
 }
+
+impl ErrorSource {
+    /// Its name in logs and in the `source` label of `chronus_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Downstream => "downstream",
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Gateway => "gateway",
+        }
+    }
+}
+
+/// Why an error happened: an underlying error or a context string, with its
+/// own `source()` chain. Logged beside the error, never sent to a client.
+pub type ErrorCause = Arc<dyn std::error::Error + Send + Sync>;
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
@@ -153,12 +169,23 @@ impl fmt::Display for ErrorCode {
 }
 
 /// An error bound for a browser: a code, a human message (never upstream
-/// internals), and the upstream's own code when it gave one (Mistral).
-#[derive(Debug, Clone, PartialEq)]
+/// internals), and the upstream's own code when it gave one (Mistral). Its
+/// cause goes to the log only (see [`GatewayError::for_log`]).
+#[derive(Debug, Clone)]
 pub struct GatewayError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
     pub upstream_code: Option<serde_json::Value>,
+    cause: Option<ErrorCause>,
+}
+
+/// Two errors are the same error whatever caused them.
+impl PartialEq for GatewayError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code
+            && self.message == other.message
+            && self.upstream_code == other.upstream_code
+    }
 }
 
 impl GatewayError {
@@ -167,6 +194,7 @@ impl GatewayError {
             code,
             message: Cow::Borrowed(code.default_message()),
             upstream_code: None,
+            cause: None,
         }
     }
 
@@ -175,7 +203,26 @@ impl GatewayError {
             code,
             message: message.into(),
             upstream_code: None,
+            cause: None,
         }
+    }
+
+    /// Records why the error happened (an error, or a context string): it
+    /// is logged with [`Self::for_log`] and never sent to a client.
+    pub fn because(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.cause = Some(Arc::from(cause.into()));
+        self
+    }
+
+    /// Why the error happened, if the raiser said.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
+    }
+
+    /// The error as the log shows it: code, where it came from, message, and
+    /// its cause chain. Never for a client: the cause may name internals.
+    pub fn for_log(&self) -> impl fmt::Display + '_ {
+        ForLog(self)
     }
 
     pub fn with_upstream_code(mut self, upstream_code: serde_json::Value) -> Self {
@@ -183,8 +230,13 @@ impl GatewayError {
         self
     }
 
-    /// The chronus envelope as a JSON text frame.
+    /// The chronus envelope as a JSON text frame (never the cause). Every
+    /// envelope built is sent, so building one counts it in
+    /// `chronus_errors_total` by code and source.
     pub fn envelope(&self, session_id: Option<&str>) -> String {
+        crate::metrics::ERRORS_SENT
+            .with_label_values(&[self.code.as_str(), self.code.source().as_str()])
+            .inc();
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Envelope<'a> {
@@ -224,7 +276,30 @@ impl fmt::Display for GatewayError {
     }
 }
 
-impl std::error::Error for GatewayError {}
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// See [`GatewayError::for_log`].
+struct ForLog<'a>(&'a GatewayError);
+
+impl fmt::Display for ForLog<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let error = self.0;
+        let source = error.code.source().as_str();
+        write!(f, "{} ({source}): {}", error.code, error.message)?;
+        let mut cause = std::error::Error::source(error);
+        while let Some(current) = cause {
+            write!(f, "; cause: {current}")?;
+            cause = current.source();
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -289,6 +364,51 @@ mod tests {
         assert_eq!(v["sessionId"], "abc");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
         assert!(v.get("upstreamCode").is_none());
+    }
+
+    #[test]
+    fn the_cause_is_logged_but_never_sent_in_the_envelope() {
+        let err = GatewayError::new(ErrorCode::Internal).because("host=db password=hunter2");
+        assert!(!err.envelope(Some("abc")).contains("hunter2"));
+        assert!(!err.to_string().contains("hunter2"));
+        let logged = err.for_log().to_string();
+        assert!(
+            logged.starts_with("INTERNAL (gateway): Internal error"),
+            "{logged}"
+        );
+        assert!(
+            logged.ends_with("; cause: host=db password=hunter2"),
+            "{logged}"
+        );
+    }
+
+    #[test]
+    fn the_log_follows_the_cause_chain_in_order() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let inner = GatewayError::new(ErrorCode::ThothUnavailable).because(io);
+        let outer = GatewayError::new(ErrorCode::ThothBusy).because(inner);
+        assert_eq!(
+            outer.for_log().to_string(),
+            "THOTH_BUSY (upstream): The transcription service is busy; try again shortly\
+             ; cause: THOTH_UNAVAILABLE: Transcription service temporarily unavailable\
+             ; cause: refused"
+        );
+    }
+
+    #[test]
+    fn errors_are_equal_whatever_caused_them() {
+        let plain = GatewayError::new(ErrorCode::MistralUnavailable);
+        assert_eq!(plain.clone().because("socket reset"), plain);
+        assert!(plain.cause().is_none());
+    }
+
+    #[test]
+    fn sent_envelopes_are_counted_by_code_and_source() {
+        let counter =
+            crate::metrics::ERRORS_SENT.with_label_values(&["IDLE_TIMEOUT", "downstream"]);
+        let before = counter.get();
+        GatewayError::new(ErrorCode::IdleTimeout).envelope(None);
+        assert!(counter.get() > before);
     }
 
     #[test]

@@ -140,6 +140,19 @@ pub static ADMISSION_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static ERRORS_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "chronus_errors_total",
+                "Error envelopes sent to browsers, by code and where the failure came from (downstream, upstream, gateway)",
+            ),
+            &["code", "source"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// The configured `MAX_SESSIONS`, so alerts can compare the load with it.
 pub static SESSIONS_MAX: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
@@ -245,6 +258,7 @@ pub fn init() {
         ADMISSION_REFUSALS.with_label_values(&[reason]);
     }
     LazyLock::force(&SESSIONS_MAX);
+    LazyLock::force(&ERRORS_SENT);
     LazyLock::force(&THOTH_REF_COUNT);
     LazyLock::force(&THOTH_CONNECTION_STATE);
     LazyLock::force(&THOTH_SOCKETS_OPEN);

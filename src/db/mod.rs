@@ -184,12 +184,28 @@ impl Database {
         E: From<DbError> + Send + 'static,
     {
         let db = self.clone();
-        actix_web::web::block(move || {
+        run_blocking(move || {
             let mut conn = db.conn()?;
             f(&mut conn)
         })
         .await
-        .map_err(|_| E::from(DbError::Cancelled))?
+        .map_err(E::from)?
+    }
+}
+
+/// Runs blocking work `f` on actix's blocking thread pool (the one
+/// `web::block` uses). A panic in `f` is re-raised in the caller, as a bug
+/// must be, not turned into an ordinary error; only a task dropped by a
+/// runtime shutting down is [`DbError::Cancelled`].
+pub async fn run_blocking<T, F>(f: F) -> Result<T, DbError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match actix_rt::task::spawn_blocking(f).await {
+        Ok(value) => Ok(value),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(DbError::Cancelled),
     }
 }
 
@@ -253,4 +269,45 @@ fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, String> {
         }),
     };
     result.map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_database_task_is_re_raised_not_reported_as_cancelled() {
+        let task = run_blocking(|| -> u32 { panic!("disk on fire") });
+        let payload = AssertUnwindSafe(task)
+            .catch_unwind()
+            .await
+            .expect_err("the panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"disk on fire"));
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_query_closure_reaches_the_caller_of_run() {
+        let file = std::env::temp_dir().join(format!(
+            "chronus-db-panic-{}-{}.sqlite",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let url = file.to_string_lossy().into_owned();
+        let db = run_blocking(move || Database::connect(&url))
+            .await
+            .unwrap()
+            .expect("a SQLite file opens");
+        let query = db.run(|_conn| -> Result<(), DbError> { panic!("bug in a query") });
+        let outcome = AssertUnwindSafe(query).catch_unwind().await;
+        let _ = std::fs::remove_file(&file);
+        let payload = outcome.expect_err("not Cancelled: the panic itself");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"bug in a query"));
+    }
+
+    #[actix_rt::test]
+    async fn blocking_work_returns_its_value() {
+        assert_eq!(run_blocking(|| 42).await.unwrap(), 42);
+    }
 }

@@ -175,7 +175,7 @@ impl ClientActor {
             log::info!(
                 "session {}: closing with {} ({code})",
                 self.id_text,
-                error.code
+                error.for_log()
             );
             self.close(code, error.code.as_str(), ctx);
         }

@@ -45,10 +45,9 @@ use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::mistral::{
     self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, WriterFailed,
-    MAX_OUTBOUND_QUEUE_BYTES,
 };
 use crate::upstream::mistral_sessions::MistralSessionGuard;
-use crate::upstream::socket::{message_len, SocketWriter};
+use crate::upstream::writer::{message_len, SocketWriter, WriterPolicy};
 
 /// The gateway pings both sides this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -172,7 +171,7 @@ impl MistralProxyActor {
             log::info!(
                 "mistral native {}: closing with {} ({code})",
                 self.id_text,
-                error.code
+                error.for_log()
             );
             self.close(code, error.code.as_str(), ctx);
         }
@@ -224,7 +223,7 @@ impl MistralProxyActor {
         }
         let (sink, source) = framed.split();
         let actor = ctx.address();
-        let writer = SocketWriter::spawn(sink, MAX_OUTBOUND_QUEUE_BYTES, move |reason| {
+        let writer = SocketWriter::spawn(sink, WriterPolicy::MISTRAL, move |reason| {
             actor.do_send(WriterFailed { reason })
         });
         ctx.add_stream(source.map(FromMistral));
@@ -528,7 +527,7 @@ impl Handler<WriterFailed> for MistralProxyActor {
 
     fn handle(&mut self, msg: WriterFailed, ctx: &mut Self::Context) {
         log::warn!(
-            "mistral native {}: write to Mistral failed: {}",
+            "mistral native {}: upstream writer: {}",
             self.id_text,
             msg.reason
         );

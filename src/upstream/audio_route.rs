@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::mux_frame;
 use super::replay::ReplayBuffer;
-use super::thoth_writer::ThothWriter;
+use super::writer::SocketWriter;
 use crate::metrics;
 
 /// What became of a chunk of audio.
@@ -40,7 +40,7 @@ pub enum Routed {
 /// The route's state, shared by the ClientActor (sending) and the upstream
 /// actor (opening, re-pointing, trimming).
 pub struct RouteState {
-    writer: Option<ThothWriter>,
+    writer: Option<SocketWriter>,
     replay: Option<ReplayBuffer>,
     /// The socket is down and the session waits to resume.
     holding: bool,
@@ -49,7 +49,7 @@ pub struct RouteState {
 
 impl RouteState {
     /// Points the route at a socket; audio flows from now on.
-    pub fn attach(&mut self, writer: ThothWriter) {
+    pub fn attach(&mut self, writer: SocketWriter) {
         if !self.closed {
             self.writer = Some(writer);
             self.holding = false;
@@ -110,7 +110,7 @@ impl AudioRoute {
     }
 
     /// Resolves once the socket's queue drained (see
-    /// [`ThothWriter::drained`]); at once when the route has no socket.
+    /// [`SocketWriter::drained`]); at once when the route has no socket.
     pub fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
         let writer = self.lock().writer.clone();
         async move {
@@ -150,7 +150,7 @@ impl AudioRoute {
             return Routed::Dropped;
         };
         metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
-        match writer.send(WsMessage::Binary(frame), Some(received)) {
+        match writer.send_stamped(WsMessage::Binary(frame), Some(received)) {
             Ok(()) if writer.congested() => Routed::Congested,
             Ok(()) => Routed::Sent,
             // The actor was told (stall) or will be (writer gone) and drops

@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 
 use super::connect::{self, ConnectFailure, WsFramed, WsTarget};
 use super::mistral_sessions::MistralSessionGuard;
-use super::socket::{SendFailure, SocketWriter};
+use super::writer::{SendFailure, SocketWriter, WriterPolicy};
 use super::{ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
 use crate::audio::{AudioFormat, Encoding};
 use crate::config::{Config, ConfigError};
@@ -51,9 +51,6 @@ pub const SESSION_CREATED_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// …and gives the socket up when nothing at all was heard for this long.
 pub const UPSTREAM_SILENCE_TIMEOUT: Duration = Duration::from_secs(40);
-/// Bytes queued toward one Mistral socket before it counts as stalled (about
-/// 20 s of 48 kHz f32 audio once base64-encoded).
-pub const MAX_OUTBOUND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest frame accepted from Mistral.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -139,13 +136,14 @@ pub async fn open_mistral_socket(
 
 /// What the browser sees when connecting to Mistral failed.
 pub fn connect_failure_error(failure: &ConnectFailure) -> GatewayError {
-    match failure {
+    let error = match failure {
         ConnectFailure::Refused(_) => GatewayError::with_message(
             ErrorCode::AuthFailed,
             "Mistral refused your API key: check the Mistral API key in your settings",
         ),
         _ => GatewayError::new(ErrorCode::MistralUnavailable),
-    }
+    };
+    error.because(failure.to_string())
 }
 
 /// `session.update` announcing the session's audio format.
@@ -254,11 +252,24 @@ impl Message for FromMistral {
     type Result = ();
 }
 
-/// The writer task could not write to the socket.
+/// The writer gave Mistral up (a write failed, or Mistral is not reading).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WriterFailed {
     pub reason: String,
+}
+
+impl SendFailure {
+    /// What the session hears when its Mistral socket cannot take a frame.
+    pub fn session_error(self) -> GatewayError {
+        match self {
+            SendFailure::Stalled => GatewayError::with_message(
+                ErrorCode::MistralUnavailable,
+                "Mistral is not keeping up with the audio",
+            ),
+            SendFailure::Closed => GatewayError::new(ErrorCode::MistralUnavailable),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,7 +370,7 @@ impl MistralUpstreamActor {
         let actor = ctx.address();
         self.writer = Some(SocketWriter::spawn(
             sink,
-            MAX_OUTBOUND_QUEUE_BYTES,
+            WriterPolicy::MISTRAL,
             move |reason| actor.do_send(WriterFailed { reason }),
         ));
         ctx.add_stream(source.map(FromMistral));
@@ -590,11 +601,7 @@ impl Handler<WriterFailed> for MistralUpstreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
-        log::warn!(
-            "mistral: session {}: write failed: {}",
-            self.session_id,
-            msg.reason
-        );
+        log::warn!("mistral: session {}: {}", self.session_id, msg.reason);
         self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
     }
 }

@@ -12,9 +12,8 @@ pub mod mistral_sessions;
 pub mod mux_frame;
 pub mod pool;
 pub mod replay;
-pub mod socket;
 pub mod thoth;
-pub mod thoth_writer;
+pub mod writer;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -128,6 +128,6 @@ impl ThothPool {
     }
 }
 
-fn mailbox_error(_: MailboxError) -> GatewayError {
-    GatewayError::new(ErrorCode::Internal)
+fn mailbox_error(err: MailboxError) -> GatewayError {
+    GatewayError::new(ErrorCode::Internal).because(err)
 }

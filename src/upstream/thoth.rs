@@ -32,7 +32,7 @@ use super::audio_route::AudioRoute;
 use super::connect::{self, ConnectFailure, WsTarget};
 use super::mux_frame::{self, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
 use super::replay::ReplayBuffer;
-use super::thoth_writer::{QueueError, ThothWriter, WriterFailed};
+use super::writer::{SendFailure, SocketWriter, WriterPolicy};
 use super::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
 use crate::audio::AudioFormat;
 use crate::config::ThothProtocol;
@@ -137,7 +137,7 @@ impl StallWatch {
 struct OpenSocket {
     generation: u64,
     /// Queues frames for the writer task; sessions' routes hold clones.
-    writer: ThothWriter,
+    writer: SocketWriter,
     reader: SpawnHandle,
     /// Owns the socket's write half; aborted if it cannot finish closing.
     writer_task: actix_rt::task::JoinHandle<()>,
@@ -181,6 +181,15 @@ enum Inbound {
 #[derive(Message)]
 #[rtype(result = "Result<AudioRoute, GatewayError>")]
 pub struct Join(pub Subscribe);
+
+/// The writer of socket `generation` gave thoth up (a write failed, or a
+/// sender found thoth not reading).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriterFailed {
+    pub generation: u64,
+    pub reason: String,
+}
 
 /// The per-endpoint figures the pool monitoring endpoint shows.
 #[derive(Debug, Clone, Serialize)]
@@ -431,7 +440,11 @@ impl ThothUpstreamActor {
     /// frames per flush), the reader stream is attached to this actor.
     fn open_socket(&mut self, generation: u64, framed: connect::WsFramed, ctx: &mut Context<Self>) {
         let (sink, source) = framed.split();
-        let (writer, writer_task) = ThothWriter::spawn(generation, sink, ctx.address().recipient());
+        let actor = ctx.address();
+        let (writer, writer_task) =
+            SocketWriter::spawn_joinable(sink, WriterPolicy::THOTH, move |reason| {
+                actor.do_send(WriterFailed { generation, reason })
+            });
         let frames = source
             .map(move |frame| Inbound::Frame(generation, frame))
             .chain(stream::once(async move { Inbound::Ended(generation) }));
@@ -449,7 +462,7 @@ impl ThothUpstreamActor {
     // ---- sending ----------------------------------------------------
 
     /// The open socket's writer.
-    fn writer(&self) -> Option<&ThothWriter> {
+    fn writer(&self) -> Option<&SocketWriter> {
         match &self.link {
             Link::Open(socket) => Some(&socket.writer),
             _ => None,
@@ -462,11 +475,11 @@ impl ThothUpstreamActor {
         let Some(writer) = self.writer() else {
             return;
         };
-        match writer.send(message, None) {
+        match writer.send(message) {
             Ok(()) => {}
             // The writer told this actor already; the report arrives next.
-            Err(QueueError::Stalled) => {}
-            Err(QueueError::Gone) => self.link_lost("writer stopped", ctx),
+            Err(SendFailure::Stalled) => {}
+            Err(SendFailure::Closed) => self.link_lost("writer stopped", ctx),
         }
     }
 
@@ -523,7 +536,7 @@ impl ThothUpstreamActor {
             .collect();
         let queued = (|| {
             let start = MuxCommand::start(&session_id, format, offset_ms).to_json();
-            writer.send(WsMessage::Text(start.into()), None)?;
+            writer.send(WsMessage::Text(start.into()))?;
             for frame in frames {
                 writer.send_uncounted(WsMessage::Binary(frame))?;
             }
@@ -531,17 +544,17 @@ impl ThothUpstreamActor {
                 let end = MuxCommand::End {
                     session_id: &session_id,
                 };
-                writer.send(WsMessage::Text(end.to_json().into()), None)?;
+                writer.send(WsMessage::Text(end.to_json().into()))?;
             }
             Ok(())
         })();
-        if queued != Err(QueueError::Gone) {
+        if queued != Err(SendFailure::Closed) {
             // (A stalled writer has told this actor; the socket is dropped
             // next and the session held again, its replay intact.)
             state.attach(writer);
         }
         drop(state);
-        if queued == Err(QueueError::Gone) {
+        if queued == Err(SendFailure::Closed) {
             self.link_lost("writer stopped", ctx);
         }
     }
@@ -621,9 +634,7 @@ impl ThothUpstreamActor {
             // The writer flushes what is queued, sends the close frame and
             // ends. A peer that stopped reading would keep it (and its queue)
             // forever, so it gets a deadline.
-            let _ = socket
-                .writer
-                .send_uncounted(WsMessage::Close(Some(CloseReason::from(code))));
+            socket.writer.close(CloseReason::from(code));
             let writer_task = socket.writer_task;
             actix_rt::spawn(async move {
                 actix_rt::time::sleep(WRITER_CLOSE_DEADLINE).await;

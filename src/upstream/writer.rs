@@ -1,0 +1,421 @@
+//! The write half of every upstream socket (thoth's shared one and each
+//! Mistral session's own). A writer task owns the socket's write half and
+//! drains a queue into it, batching every frame that is waiting into one
+//! flush; senders queue through cheap [`SocketWriter`] handles. On the thoth
+//! socket those are the ThothUpstreamActor (control frames, replayed audio)
+//! and every session's ClientActor (live audio from its own thread, see
+//! `audio_route.rs`), so audio never waits in the shared actor's mailbox.
+//!
+//! The queue is bounded in bytes, so a peer that stops reading cannot make
+//! the gateway hold unbounded memory. What differs between the two upstreams
+//! is a [`WriterPolicy`]: the bounds, whether senders are pushed back while
+//! the queue is congested (thoth: sessions stop reading their browsers until
+//! the writer drained it, so overload turns into latency, not memory and not
+//! failed sessions), and how long TCP lingers after the close frame.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use awc::ws::{CloseReason, Message as WsMessage};
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::connect::WsFramed;
+use crate::metrics;
+
+/// Live bytes queued toward a thoth socket above which sessions pause reading
+/// their browsers until the writer has drained the queue below it.
+pub const THOTH_CONGESTED_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Live bytes queued toward a thoth socket above which the writer must show
+/// progress within [`STALL_AFTER`], or thoth counts as not reading. (Sessions
+/// that have not paused yet may still add a frame each.)
+pub const THOTH_WATCH_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// The hard memory bound of a thoth socket's queue, whatever thoth does.
+pub const THOTH_MAX_QUEUE_BYTES: usize = 8 * THOTH_WATCH_QUEUE_BYTES;
+/// Bytes queued toward one Mistral socket before it counts as stalled (about
+/// 20 s of 48 kHz f32 audio once base64-encoded).
+pub const MISTRAL_MAX_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How long a writer over its watch mark may write nothing before its peer
+/// counts as not reading.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// After our close frame, the Mistral socket's TCP connection stays open this
+/// long: a peer that reads the close frame and the FIN in one go may report a
+/// broken connection instead of a clean close (actix-web servers do). The
+/// peer normally answers and hangs up well before.
+pub const MISTRAL_CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// How a writer bounds its queue: what differs between upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterPolicy {
+    /// Names the peer in the reasons its owner hears ("thoth is not reading").
+    pub peer: &'static str,
+    /// Live bytes queued above which senders should pause until
+    /// [`SocketWriter::drained`]; `None`: senders are never pushed back.
+    pub congested_above: Option<usize>,
+    /// Live bytes queued above which the writer must show progress within
+    /// `stall_after`, or the peer counts as not reading.
+    pub watch_above: usize,
+    pub stall_after: Duration,
+    /// A live frame that would take the queue over this is refused at once:
+    /// the peer counts as not reading.
+    pub max_queued_bytes: usize,
+    /// How long TCP stays open after our close frame.
+    pub close_linger: Duration,
+}
+
+impl WriterPolicy {
+    /// The shared thoth socket: back-pressure, then a progress watch, then a
+    /// hard bound.
+    pub const THOTH: WriterPolicy = WriterPolicy {
+        peer: "thoth",
+        congested_above: Some(THOTH_CONGESTED_QUEUE_BYTES),
+        watch_above: THOTH_WATCH_QUEUE_BYTES,
+        stall_after: STALL_AFTER,
+        max_queued_bytes: THOTH_MAX_QUEUE_BYTES,
+        close_linger: Duration::ZERO,
+    };
+
+    /// A Mistral session's own socket: one bound, reached means stalled.
+    pub const MISTRAL: WriterPolicy = WriterPolicy {
+        peer: "Mistral",
+        congested_above: None,
+        watch_above: MISTRAL_MAX_QUEUE_BYTES,
+        stall_after: STALL_AFTER,
+        max_queued_bytes: MISTRAL_MAX_QUEUE_BYTES,
+        close_linger: MISTRAL_CLOSE_LINGER,
+    };
+
+    fn congested(&self, queued: usize) -> bool {
+        matches!(self.congested_above, Some(mark) if queued > mark)
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The peer is not reading: the queue is over its bound (the writer's
+    /// owner has been told).
+    Stalled,
+    /// The writer task is gone (the socket failed or was closed).
+    Closed,
+}
+
+/// Tells the writer's owner why the peer was given up: a write that failed
+/// (from the writer task) or a stall any sender found.
+type OnFailure = Arc<dyn Fn(String) + Send + Sync>;
+
+/// A frame for the writer task, with the time its audio reached the gateway.
+struct Outgoing {
+    message: WsMessage,
+    received: Option<Instant>,
+    /// Bytes counted against the queue bound (0 for replayed audio, which
+    /// the replay buffers bound already, and for the close frame).
+    counted: usize,
+}
+
+/// What the writer task shares with every sender: its policy and progress.
+struct Progress {
+    policy: WriterPolicy,
+    /// Live bytes handed to the writer and not yet taken from the queue.
+    queued_bytes: AtomicUsize,
+    /// Frames the writer handed to the socket: its progress.
+    written: AtomicU64,
+    /// When the queue went over its watch mark, and the written count then.
+    over_watch: Mutex<Option<(Instant, u64)>>,
+    /// Whether `over_watch` is set: spares the lock while under the mark.
+    watching: AtomicBool,
+    /// Wakes senders paused on a congested queue once it drained.
+    drained: Notify,
+    /// Whether any sender waits on `drained` (spares the notify otherwise).
+    paused: AtomicBool,
+    /// The writer task ended.
+    ended: AtomicBool,
+}
+
+impl Progress {
+    fn congested(&self) -> bool {
+        self.policy
+            .congested(self.queued_bytes.load(Ordering::SeqCst))
+    }
+
+    /// The writer took a frame from the queue: its bytes no longer count,
+    /// and paused senders wake once the queue is below the congestion mark.
+    fn took(&self, counted: usize) {
+        self.queued_bytes.fetch_sub(counted, Ordering::SeqCst);
+        self.release_paused(false);
+    }
+
+    /// After the writer took a frame, or when it ends: wakes paused
+    /// senders once the queue is below the congestion mark.
+    fn release_paused(&self, ended: bool) {
+        if ended {
+            self.ended.store(true, Ordering::SeqCst);
+        } else if !self.paused.load(Ordering::SeqCst) || self.congested() {
+            return;
+        }
+        if self.paused.swap(false, Ordering::SeqCst) {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// A handle that queues frames toward one socket. Cheap to clone; the socket
+/// closes once a close frame was queued (or every handle is dropped).
+#[derive(Clone)]
+pub struct SocketWriter {
+    outbound: mpsc::UnboundedSender<Outgoing>,
+    progress: Arc<Progress>,
+    on_failure: OnFailure,
+}
+
+impl SocketWriter {
+    /// Starts the writer task for `sink` on the current arbiter. `on_failure`
+    /// hears why the peer was given up (a failed write, or a stall a sender
+    /// found); it is not called for a clean close.
+    pub fn spawn(
+        sink: SplitSink<WsFramed, WsMessage>,
+        policy: WriterPolicy,
+        on_failure: impl Fn(String) + Send + Sync + 'static,
+    ) -> SocketWriter {
+        Self::spawn_joinable(sink, policy, on_failure).0
+    }
+
+    /// [`Self::spawn`], also returning the task, for an owner that must be
+    /// able to abort a writer that cannot finish closing.
+    pub fn spawn_joinable(
+        sink: SplitSink<WsFramed, WsMessage>,
+        policy: WriterPolicy,
+        on_failure: impl Fn(String) + Send + Sync + 'static,
+    ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
+        let (writer, queue) = Self::unattached(policy, Arc::new(on_failure));
+        let task = actix_rt::spawn(run_writer(
+            sink,
+            queue,
+            writer.progress.clone(),
+            writer.on_failure.clone(),
+        ));
+        (writer, task)
+    }
+
+    /// A handle and the queue it feeds, before a writer task takes the queue.
+    fn unattached(
+        policy: WriterPolicy,
+        on_failure: OnFailure,
+    ) -> (SocketWriter, mpsc::UnboundedReceiver<Outgoing>) {
+        let (outbound, queue) = mpsc::unbounded_channel::<Outgoing>();
+        let progress = Arc::new(Progress {
+            policy,
+            queued_bytes: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+            over_watch: Mutex::new(None),
+            watching: AtomicBool::new(false),
+            drained: Notify::new(),
+            paused: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        });
+        let writer = SocketWriter {
+            outbound,
+            progress,
+            on_failure,
+        };
+        (writer, queue)
+    }
+
+    /// Queues a frame, counted against the bound. [`SendFailure::Stalled`]
+    /// means the peer stopped reading; the owner has been told.
+    pub fn send(&self, message: WsMessage) -> Result<(), SendFailure> {
+        self.send_stamped(message, None)
+    }
+
+    /// [`Self::send`] for live audio, with when it reached the gateway (the
+    /// relay latency is observed once the frame is flushed).
+    pub fn send_stamped(
+        &self,
+        message: WsMessage,
+        received: Option<Instant>,
+    ) -> Result<(), SendFailure> {
+        let len = message_len(&message);
+        if let Some(why) = self.check_queue(len) {
+            self.report_not_reading(why);
+            return Err(SendFailure::Stalled);
+        }
+        self.enqueue(Outgoing {
+            message,
+            received,
+            counted: len,
+        })
+    }
+
+    /// Queues a frame past the bound: replayed audio (bounded by the replay
+    /// buffers already; a resume after a long outage must not look like a
+    /// peer that stopped reading).
+    pub fn send_uncounted(&self, message: WsMessage) -> Result<(), SendFailure> {
+        self.enqueue(Outgoing {
+            message,
+            received: None,
+            counted: 0,
+        })
+    }
+
+    /// Sends a close frame after everything already queued; the writer then
+    /// closes the socket (after the policy's linger) and ends.
+    pub fn close(&self, reason: CloseReason) {
+        // An error only means the writer is already gone.
+        let _ = self.send_uncounted(WsMessage::Close(Some(reason)));
+    }
+
+    /// Whether the queue is over the policy's congestion mark: senders
+    /// should pause until [`Self::drained`].
+    pub fn congested(&self) -> bool {
+        self.progress.congested()
+    }
+
+    /// Resolves once the queue has been below the congestion mark (or the
+    /// writer is gone). A writer that writes nothing for the policy's
+    /// `stall_after` meanwhile is reported as stalled (the peer is not
+    /// reading), and the wait ends: the owner gives the socket up.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let writer = self.clone();
+        async move {
+            let progress = &writer.progress;
+            loop {
+                let notified = progress.drained.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a release in between is not missed.
+                notified.as_mut().enable();
+                progress.paused.store(true, Ordering::SeqCst);
+                if !progress.congested() || progress.ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                let written = progress.written.load(Ordering::Relaxed);
+                match actix_rt::time::timeout(progress.policy.stall_after, notified).await {
+                    // Below the mark once: the sender runs again (handles its
+                    // events, sends its next frame), even if others have
+                    // filled the queue meanwhile — every sender progresses.
+                    Ok(()) => return,
+                    Err(_) if progress.written.load(Ordering::Relaxed) == written => {
+                        writer.report_not_reading("no write progress");
+                        return;
+                    }
+                    Err(_) => {} // slow, but writing: keep waiting
+                }
+            }
+        }
+    }
+
+    fn report_not_reading(&self, why: &str) {
+        (self.on_failure)(format!(
+            "{} is not reading ({why})",
+            self.progress.policy.peer
+        ));
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) -> Result<(), SendFailure> {
+        let counted = outgoing.counted;
+        self.progress
+            .queued_bytes
+            .fetch_add(counted, Ordering::Relaxed);
+        self.outbound.send(outgoing).map_err(|_| {
+            self.progress
+                .queued_bytes
+                .fetch_sub(counted, Ordering::Relaxed);
+            SendFailure::Closed
+        })
+    }
+
+    /// Whether queueing `len` more live bytes means the peer stopped reading
+    /// (and why): over the hard bound, or over the watch mark with nothing
+    /// written for the policy's `stall_after`.
+    fn check_queue(&self, len: usize) -> Option<&'static str> {
+        let progress = &self.progress;
+        let policy = &progress.policy;
+        let queued = progress.queued_bytes.load(Ordering::Relaxed) + len;
+        if queued > policy.max_queued_bytes {
+            return Some("outbound queue at its hard bound");
+        }
+        if queued <= policy.watch_above && !progress.watching.load(Ordering::Relaxed) {
+            return None; // the common case: no lock
+        }
+        let mut over_watch = progress
+            .over_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queued <= policy.watch_above {
+            *over_watch = None;
+            progress.watching.store(false, Ordering::Relaxed);
+            return None;
+        }
+        let written = progress.written.load(Ordering::Relaxed);
+        match *over_watch {
+            Some((since, seen)) if seen == written => {
+                (since.elapsed() >= policy.stall_after).then_some("no write progress")
+            }
+            // Newly over the mark, or the writer progressed: watch from now.
+            _ => {
+                *over_watch = Some((Instant::now(), written));
+                progress.watching.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// The writer task: drains the queue into the socket, one flush per wake-up,
+/// until a close frame was written or every sender is gone.
+async fn run_writer(
+    mut sink: SplitSink<WsFramed, WsMessage>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    progress: Arc<Progress>,
+    on_failure: OnFailure,
+) {
+    // Receive times of the audio in the current batch, observed once the
+    // batch is flushed to the socket.
+    let mut stamps: Vec<Instant> = Vec::new();
+    let result: Result<(), actix_http::ws::ProtocolError> = async {
+        let mut closing = false;
+        while let Some(first) = queue.recv().await {
+            let mut next = Some(first);
+            while let Some(outgoing) = next {
+                progress.took(outgoing.counted);
+                stamps.extend(outgoing.received);
+                closing = matches!(outgoing.message, WsMessage::Close(_));
+                sink.feed(outgoing.message).await?;
+                progress.written.fetch_add(1, Ordering::Relaxed);
+                next = if closing { None } else { queue.try_recv().ok() };
+            }
+            sink.flush().await?;
+            for received in stamps.drain(..) {
+                metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
+            }
+            if closing {
+                break;
+            }
+        }
+        let linger = progress.policy.close_linger;
+        if closing && !linger.is_zero() {
+            actix_rt::time::sleep(linger).await;
+        }
+        // A close frame was sent, or every sender is gone.
+        sink.close().await
+    }
+    .await;
+    progress.release_paused(true);
+    if let Err(e) = result {
+        on_failure(format!("write failed: {e}"));
+    }
+}
+
+/// Payload bytes of a frame, as counted against the bound.
+pub fn message_len(message: &WsMessage) -> usize {
+    match message {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
+/// Unit tests of the policy decisions, without sockets (in `writer/tests.rs`).
+#[cfg(test)]
+mod tests;
