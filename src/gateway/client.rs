@@ -17,11 +17,13 @@ use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::{until_expiry, validate_refresh};
+use crate::gateway::admission::validate_refresh;
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
+use crate::gateway::note_sessions::NoteSessionGuard;
 use crate::gateway::outbound::OutboundQueue;
 use crate::gateway::rate::AudioRateLimiter;
+use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
@@ -48,6 +50,9 @@ pub type UpstreamConnector =
 /// What a ClientActor is created with.
 pub struct ClientSession {
     pub session_id: Uuid,
+    /// The note a notes-path session records into (PROTOCOL.md 2.7); listed
+    /// in the pool JSON while the session lives.
+    pub note: Option<NoteSessionGuard>,
     pub user: String,
     pub token_exp: u64,
     pub provider: Provider,
@@ -86,8 +91,9 @@ pub struct ClientActor {
     last_heard: Instant,
     last_audio: Instant,
     started: Instant,
-    /// When the token expires (moves with a refresh).
-    expires_at: Instant,
+    /// When the session must end: `MAX_SESSION_SECS`, and the token's `exp`
+    /// under `SESSION_TOKEN_CHECK=continuous` (moves with a refresh).
+    clock: SessionClock,
     /// When the browser is pinged next.
     next_ping: Instant,
     /// The one timer a session has: token expiry, idle timeout and
@@ -112,7 +118,7 @@ impl ClientActor {
         taken: Arc<AtomicUsize>,
     ) -> Self {
         let now = Instant::now();
-        let expires_at = now + until_expiry(session.token_exp);
+        let clock = SessionClock::new(&session.state.config.chronus, session.token_exp, now);
         ClientActor {
             id_text: session.session_id.to_string(),
             rate: AudioRateLimiter::new(session.state.config.max_audio_rate),
@@ -127,7 +133,7 @@ impl ClientActor {
             last_heard: now,
             last_audio: now,
             started: now,
-            expires_at,
+            clock,
             next_ping: now + HEARTBEAT_INTERVAL,
             tick: None,
             fragments: Reassembler::default(),
@@ -310,7 +316,7 @@ impl ClientActor {
             Ok(claims) => {
                 log::info!("session {}: token refreshed", self.id_text);
                 self.session.token_exp = claims.exp;
-                self.expires_at = Instant::now() + until_expiry(claims.exp);
+                self.clock.token_refreshed(claims.exp);
                 self.schedule_tick(ctx);
             }
             Err(error) => self.report(error, ctx),
@@ -323,7 +329,7 @@ impl ClientActor {
         if let Some(timer) = self.tick.take() {
             ctx.cancel_future(timer);
         }
-        let mut next = self.expires_at.min(self.next_ping);
+        let mut next = self.clock.next_deadline().min(self.next_ping);
         if self.phase != Phase::Ending {
             next = next.min(self.last_audio + self.config().idle_timeout);
         }
@@ -336,8 +342,8 @@ impl ClientActor {
 
     fn on_tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let now = Instant::now();
-        if now >= self.expires_at {
-            return self.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+        if let Some(code) = self.clock.expired(now) {
+            return self.report(GatewayError::new(code), ctx);
         }
         let idle_limit = self.config().idle_timeout;
         if self.phase != Phase::Ending && now.duration_since(self.last_audio) >= idle_limit {
@@ -451,6 +457,7 @@ impl ClientActor {
             }
             ServerEvent::Transcription {
                 data: &text,
+                text: &text,
                 timestamp: now_rfc3339(),
                 start,
                 end,
@@ -458,6 +465,7 @@ impl ClientActor {
         } else {
             ServerEvent::Partial {
                 data: &text,
+                text: &text,
                 timestamp: now_rfc3339(),
             }
         };
@@ -480,6 +488,7 @@ impl ClientActor {
     fn on_done(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let done = ServerEvent::Done {
             data: &self.transcript,
+            text: &self.transcript,
             timestamp: now_rfc3339(),
         }
         .to_json();
@@ -498,8 +507,12 @@ impl Actor for ClientActor {
         metrics::SESSIONS_ACTIVE
             .with_label_values(&[self.session.provider.as_str()])
             .inc();
+        let note = match &self.session.note {
+            Some(guard) => format!(" for note {}", guard.note()),
+            None => String::new(),
+        };
         log::info!(
-            "session {}: opened for user {} (provider {}, {} at {} Hz)",
+            "session {}: opened{note} for user {} (provider {}, {} at {} Hz)",
             self.id_text,
             self.session.user,
             self.session.provider.as_str(),
@@ -564,7 +577,10 @@ impl Actor for ClientActor {
         metrics::SESSION_DURATION
             .with_label_values(&[self.session.provider.as_str()])
             .observe(self.started.elapsed().as_secs_f64());
-        log::info!("session {}: closed", self.id_text);
+        match &self.session.note {
+            Some(guard) => log::info!("session {} (note {}): closed", self.id_text, guard.note()),
+            None => log::info!("session {}: closed", self.id_text),
+        }
     }
 }
 
@@ -611,7 +627,16 @@ impl Handler<ToClient> for ClientActor {
                 end,
             } => self.on_transcript(text, is_final, start, end, ctx),
             UpstreamEvent::Done => self.on_done(ctx),
-            UpstreamEvent::Notice(notice) => self.report(notice, ctx),
+            UpstreamEvent::Notice(notice) => {
+                let status = ServerEvent::Status {
+                    code: notice.code.as_str(),
+                    message: &notice.message,
+                    session_id: &self.id_text,
+                    timestamp: now_rfc3339(),
+                }
+                .to_json();
+                self.send_text(status, ctx);
+            }
             UpstreamEvent::Failed(error) => {
                 // The upstream already dropped the session.
                 self.upstream = None;

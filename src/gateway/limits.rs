@@ -32,13 +32,15 @@ impl SessionLimiter {
         }
     }
 
-    /// Takes a slot for `user`, or `TOO_MANY_SESSIONS`.
+    /// Takes a slot for `user`, or `TOO_MANY_SESSIONS`: close 4409 for the
+    /// user's cap, 1013 for the process-wide one (chronus reads 4409 as "a
+    /// recording is already in progress", which is about the user).
     pub fn acquire(&self, user: &str) -> Result<SessionPermit, GatewayError> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total {
             metrics::count_refusal(metrics::REFUSAL_MAX_SESSIONS);
             return Err(GatewayError::with_message(
-                ErrorCode::TooManySessions,
+                ErrorCode::TooManySessionsInGateway,
                 "The gateway is at its session limit; try again shortly",
             ));
         }
@@ -100,7 +102,7 @@ mod tests {
         let _b1 = limiter.acquire("b").unwrap();
         assert_eq!(
             limiter.acquire("c").unwrap_err().code,
-            ErrorCode::TooManySessions
+            ErrorCode::TooManySessionsInGateway
         );
         drop(a1);
         assert_eq!(limiter.total(), 2);
