@@ -381,6 +381,10 @@ impl ThothUpstreamActor {
             return;
         }
         self.open_socket(generation, connected.framed, ctx);
+        if !self.is_mux() {
+            // Legacy: the session starts once thoth has kept the socket.
+            return self.legacy_socket_opened(generation, ctx);
+        }
         if self.lost_unexpectedly {
             self.lost_unexpectedly = false;
             self.reconnects += 1;
@@ -399,9 +403,7 @@ impl ThothUpstreamActor {
             }
             self.resume_session(session_id, ctx);
         }
-        if self.socket_is(generation) && !self.is_mux() {
-            self.legacy_socket_opened(generation, ctx);
-        } else if self.socket_is(generation) {
+        if self.socket_is(generation) {
             self.resume_deadline = None;
             for session_id in self.session_ids(|slot| slot.phase == Phase::Waiting) {
                 self.start_session(session_id, ctx);

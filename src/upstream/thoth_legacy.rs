@@ -117,6 +117,10 @@ impl ThothUpstreamActor {
 
     /// The socket is open; a close 1013 may still follow at once.
     pub(super) fn legacy_socket_opened(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        log::info!(
+            "thoth {}: legacy stream open; starting it unless refused within {LEGACY_REFUSAL_WINDOW:?}",
+            self.display_url
+        );
         ctx.run_later(LEGACY_REFUSAL_WINDOW, move |act, ctx| {
             if act.socket_is(generation) {
                 act.legacy_accepted(ctx);
