@@ -319,3 +319,34 @@ async fn a_thoth_url_without_a_path_gets_stream_audio() {
     assert_eq!(endpoint(&report, 0)["url"], thoth.url());
     gateway.stop().await;
 }
+
+#[actix_rt::test]
+async fn the_log_says_what_a_403_may_mean_without_the_stream_token() {
+    const WRONG_TOKEN: &str = "wrong-thoth-token-4242";
+    let thoth = start_thoth(DevThothOptions {
+        stream_token: Some("right-thoth-token".into()),
+        ..DevThothOptions::default()
+    });
+    let mut env = legacy_env(&[thoth.url()]);
+    env.insert("THOTH_STREAM_TOKEN".into(), WRONG_TOKEN.into());
+    env.insert("RUST_LOG".into(), "info".into());
+    let mut gateway = common::process::GatewayProcess::start(&env);
+    let url = format!("ws://{}{TRANSCRIBE}", gateway.public_addr);
+    let token = token_for("logged");
+    let mut client = connect(&url, Auth::Query(&token), None).await.client;
+    let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+    assert_eq!(messages.last().unwrap()["code"], "THOTH_BUSY");
+    assert_eq!(close, Some(1013));
+
+    gateway.child.kill().unwrap();
+    let log = gateway.drain_log(Duration::from_millis(500)).join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("HTTP 403") && l.contains("may mean"))
+        .unwrap_or_else(|| panic!("no 403 line in {log}"));
+    for cause in ["busy", "Origin", "THOTH_STREAM_TOKEN"] {
+        assert!(line.contains(cause), "{line}");
+    }
+    assert!(!log.contains(WRONG_TOKEN), "the stream token leaked");
+    assert!(!log.contains("AUTH_FAILED"), "{log}");
+}
