@@ -13,12 +13,13 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use awc::ws::CloseCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Phase, SessionSlot, StallWatch, ThothUpstreamActor};
+use super::{Link, Phase, SessionSlot, StallWatch, ThothUpstreamActor};
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::audio_route::AudioRoute;
 use crate::upstream::{Subscribe, UpstreamEvent};
@@ -94,6 +95,11 @@ impl ThothUpstreamActor {
                 stall: StallWatch::new(),
             },
         );
+        if matches!(self.link, Link::Open(_)) {
+            // The last session's socket, not closed yet: thoth's buffer
+            // resets only when it closes, so a new session gets a new one.
+            self.close_link(ctx, CloseCode::Normal);
+        }
         let (reply, answer) = oneshot::channel();
         self.pending_join = Some(PendingJoin {
             session_id: msg.session_id,
