@@ -1,0 +1,268 @@
+//! The defects a hostile-input probe found (issue 15), each through a real
+//! socket. Where the usual clients refuse to send the bad input (an HTTP/1.0
+//! upgrade, a draft WebSocket version, a text frame that is not UTF-8) a raw
+//! TCP client writes the bytes itself.
+
+mod common;
+mod fake_mistral;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chronus_gateway::crypto::SecretString;
+use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
+use chronus_gateway::keys::Provider;
+use common::*;
+use fake_mistral::{FakeMistral, FakeMistralOptions};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TRANSCRIBE: &str = "/api/audio/transcribe";
+const NATIVE: &str = "/api/mistral/ws";
+const MISTRAL_KEY: &str = "mk-HOSTILE-PROBE-7f1e2d3c4b5a";
+/// Longest HTTP head or WebSocket frame a test reads.
+const MAX_READ_BYTES: usize = 64 * 1024;
+const OPCODE_CONTINUATION: u8 = 0x0;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+
+// ---- a raw HTTP / WebSocket client -----------------------------------------------
+
+/// A raw TCP connection with what was read past the HTTP head.
+struct Raw {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// The status line and headers of a response, lower-cased names.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An upgrade request for `path`, as bytes; `http_version` and
+/// `ws_version` chosen by the test.
+fn upgrade_request(addr: &str, path: &str, http_version: &str, ws_version: &str) -> String {
+    format!(
+        "GET {path} {http_version}\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: {ws_version}\r\n\r\n"
+    )
+}
+
+async fn send_request(addr: &str, request: &str) -> (Head, Raw) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Raw {
+        stream,
+        buffered: Vec::new(),
+    };
+    let head_end = loop {
+        if let Some(end) = raw.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        assert!(raw.buffered.len() < MAX_READ_BYTES, "HTTP head too long");
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response head");
+        raw.buffered.extend_from_slice(&chunk[..n]);
+    };
+    let head_text = String::from_utf8(raw.buffered[..head_end].to_vec()).unwrap();
+    raw.buffered.drain(..head_end + 4);
+    let mut lines = head_text.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (Head { status, headers }, raw)
+}
+
+/// A WebSocket frame read from the server.
+#[derive(Debug)]
+enum ServerFrame {
+    Text(Value),
+    Close(Option<u16>),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl Raw {
+    async fn fill(&mut self, want: usize) -> bool {
+        while self.buffered.len() < want {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(15), self.stream.read(&mut chunk))
+                .await
+                .expect("server answered in time")
+            {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => self.buffered.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    }
+
+    /// Writes one masked client frame.
+    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&MASK);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next text or close frame (pings answered, others skipped).
+    async fn next_frame(&mut self) -> ServerFrame {
+        loop {
+            if !self.fill(2).await {
+                return ServerFrame::Dropped;
+            }
+            let opcode = self.buffered[0] & 0x0F;
+            let (len, header) = match self.buffered[1] & 0x7F {
+                126 => {
+                    if !self.fill(4).await {
+                        return ServerFrame::Dropped;
+                    }
+                    (
+                        u16::from_be_bytes([self.buffered[2], self.buffered[3]]) as usize,
+                        4,
+                    )
+                }
+                127 => {
+                    if !self.fill(10).await {
+                        return ServerFrame::Dropped;
+                    }
+                    let bytes: [u8; 8] = self.buffered[2..10].try_into().unwrap();
+                    (u64::from_be_bytes(bytes) as usize, 10)
+                }
+                len => (len as usize, 2),
+            };
+            assert!(len < MAX_READ_BYTES, "frame of {len} bytes");
+            if !self.fill(header + len).await {
+                return ServerFrame::Dropped;
+            }
+            let payload: Vec<u8> = self.buffered.drain(..header + len).skip(header).collect();
+            match opcode {
+                OPCODE_TEXT => {
+                    return ServerFrame::Text(serde_json::from_slice(&payload).expect("JSON"))
+                }
+                OPCODE_CLOSE => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return ServerFrame::Close(code);
+                }
+                OPCODE_PING => self.send_frame(true, 0xA, &payload).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// The text frames until the close (or the drop) that ends the socket.
+    async fn until_close(&mut self) -> (Vec<Value>, ServerFrame) {
+        let mut texts = Vec::new();
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Text(v) => texts.push(v),
+                end => return (texts, end),
+            }
+        }
+    }
+}
+
+/// A version-13 upgrade on `path`, answered 101.
+async fn open_raw_websocket(addr: &str, path: &str) -> Raw {
+    let (head, raw) = send_request(addr, &upgrade_request(addr, path, "HTTP/1.1", "13")).await;
+    assert_eq!(head.status, 101, "the upgrade is accepted");
+    raw
+}
+
+fn unix_now_secs_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+// ---- item 3: non-RFC upgrades ----------------------------------------------------
+
+#[actix_rt::test]
+async fn an_http_1_0_upgrade_is_refused_with_426_on_every_websocket_route() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let addr = gateway.public_addr.to_string();
+    let token = token_for("http10");
+    for path in [TRANSCRIBE, NATIVE] {
+        let request = upgrade_request(&addr, &format!("{path}?token={token}"), "HTTP/1.0", "13");
+        let (head, _) = send_request(&addr, &request).await;
+        assert_eq!(head.status, 426, "{path}: HTTP/1.0 cannot upgrade");
+        assert_eq!(head.header("sec-websocket-version"), Some("13"), "{path}");
+        assert_eq!(head.header("sec-websocket-accept"), None, "{path}");
+    }
+    // Nothing was opened upstream for either.
+    assert_eq!(ref_count(&gateway).await, 0);
+    gateway.stop().await;
+    thoth.stop();
+}
+
+#[actix_rt::test]
+async fn websocket_versions_other_than_13_get_426_naming_13_before_auth() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let addr = gateway.public_addr.to_string();
+    let token = token_for("draft-versions");
+    for path in [TRANSCRIBE, NATIVE] {
+        // With a valid token and with none: refused the same way, before auth.
+        for target in [format!("{path}?token={token}"), path.to_owned()] {
+            for version in ["8", "7", "12", "14"] {
+                let request = upgrade_request(&addr, &target, "HTTP/1.1", version);
+                let (head, _) = send_request(&addr, &request).await;
+                assert_eq!(head.status, 426, "{path}, version {version}");
+                assert_eq!(
+                    head.header("sec-websocket-version"),
+                    Some("13"),
+                    "{path}, version {version}"
+                );
+            }
+        }
+    }
+    assert_eq!(ref_count(&gateway).await, 0);
+    // Version 13 is still welcome.
+    let mut raw = open_raw_websocket(&addr, &format!("{TRANSCRIBE}?token={token}")).await;
+    match raw.next_frame().await {
+        ServerFrame::Text(ready) => assert_eq!(ready["type"], "ready"),
+        other => panic!("expected ready, got {other:?}"),
+    }
+    gateway.stop().await;
+    thoth.stop();
+}
