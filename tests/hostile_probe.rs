@@ -266,3 +266,108 @@ async fn websocket_versions_other_than_13_get_426_naming_13_before_auth() {
     gateway.stop().await;
     thoth.stop();
 }
+
+// ---- item 2: a text frame that is not UTF-8 --------------------------------------
+
+/// Opens a chronus session over a raw socket and waits for `ready`.
+async fn ready_raw_session(gateway: &chronus_gateway::RunningGateway, user: &str) -> Raw {
+    let addr = gateway.public_addr.to_string();
+    let token = token_for(user);
+    let mut raw = open_raw_websocket(&addr, &format!("{TRANSCRIBE}?token={token}")).await;
+    match raw.next_frame().await {
+        ServerFrame::Text(ready) => assert_eq!(ready["type"], "ready"),
+        other => panic!("expected ready, got {other:?}"),
+    }
+    assert_eq!(ref_count(gateway).await, 1);
+    raw
+}
+
+fn assert_bad_message_then_1007(texts: &[Value], end: ServerFrame) {
+    let last = texts.last().expect("an error envelope before the close");
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["code"], "BAD_MESSAGE", "{last}");
+    assert_eq!(last["retryable"], false, "{last}");
+    match end {
+        ServerFrame::Close(code) => assert_eq!(code, Some(1007)),
+        other => panic!("expected a close frame with 1007, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_text_frame_that_is_not_utf8_gets_bad_message_and_1007_and_frees_thoth() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let mut raw = ready_raw_session(&gateway, "invalid-utf8").await;
+
+    raw.send_frame(true, OPCODE_TEXT, &[b'{', 0xFF, 0xFE, b'}'])
+        .await;
+    let (texts, end) = raw.until_close().await;
+    assert_bad_message_then_1007(&texts, end);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ref_count(&gateway).await == 0
+        })
+        .await,
+        "the thoth slot is freed"
+    );
+    gateway.stop().await;
+    thoth.stop();
+}
+
+#[actix_rt::test]
+async fn a_fragmented_text_message_that_is_not_utf8_gets_bad_message_and_1007() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let mut raw = ready_raw_session(&gateway, "invalid-utf8-fragments").await;
+
+    // The bad byte sequence spans the two fragments: each is checked whole.
+    raw.send_frame(false, OPCODE_TEXT, b"{\"type\":\"\xC3")
+        .await;
+    raw.send_frame(true, OPCODE_CONTINUATION, b"\x28\"}").await;
+    let (texts, end) = raw.until_close().await;
+    assert_bad_message_then_1007(&texts, end);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ref_count(&gateway).await == 0
+        })
+        .await,
+        "the thoth slot is freed"
+    );
+    gateway.stop().await;
+    thoth.stop();
+}
+
+#[actix_rt::test]
+async fn a_native_mistral_text_frame_that_is_not_utf8_gets_bad_message_and_1007() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(MISTRAL_KEY));
+    let mut env = base_env("ws://127.0.0.1:9/stream-audio");
+    env.insert("MISTRAL_WS_URL".into(), fake.url());
+    let gateway = start_gateway(&env).await;
+    let user = "native-invalid-utf8";
+    gateway
+        .state
+        .keys
+        .put(user, Provider::Mistral, SecretString::from(MISTRAL_KEY))
+        .await
+        .unwrap();
+    let addr = gateway.public_addr.to_string();
+    let token = token_for(user);
+    let mut raw = open_raw_websocket(&addr, &format!("{NATIVE}?token={token}")).await;
+    // Mistral's socket is open once its `session.created` is relayed.
+    match raw.next_frame().await {
+        ServerFrame::Text(created) => assert_eq!(created["type"], "session.created"),
+        other => panic!("expected session.created, got {other:?}"),
+    }
+
+    raw.send_frame(true, OPCODE_TEXT, &[0xFF, 0xFE, 0xFD]).await;
+    let (texts, end) = raw.until_close().await;
+    assert_bad_message_then_1007(&texts, end);
+    let upstream = fake.wait_ended(0).await;
+    assert!(upstream.ended, "the Mistral socket is closed too");
+    assert!(
+        upstream.closed_by_gateway().is_some(),
+        "the gateway closed Mistral's socket"
+    );
+    gateway.stop().await;
+    fake.stop();
+}
