@@ -371,3 +371,52 @@ async fn a_native_mistral_text_frame_that_is_not_utf8_gets_bad_message_and_1007(
     gateway.stop().await;
     fake.stop();
 }
+
+// ---- item 4: one leeway rule -------------------------------------------------------
+
+#[actix_rt::test]
+async fn a_token_a_few_seconds_past_exp_is_refused_at_connect_not_admitted_then_expired() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    for ago in [1, 3, 5] {
+        let token = token_with(json!({"sub": "just-expired", "exp": now() - ago}));
+        let mut client = connect(&ws_url(&gateway, TRANSCRIBE), Auth::Query(&token), None)
+            .await
+            .client;
+        let (messages, close) = client.until_close(Duration::from_secs(5)).await;
+        let codes: Vec<&Value> = messages.iter().map(|m| &m["type"]).collect();
+        assert_eq!(
+            messages.len(),
+            1,
+            "{ago} s ago: only the refusal, no ready: {codes:?}"
+        );
+        assert_eq!(messages[0]["code"], "UNAUTHORIZED", "{ago} s ago");
+        assert_eq!(close, Some(4401), "{ago} s ago");
+    }
+    assert_eq!(ref_count(&gateway).await, 0, "no upstream work for them");
+    gateway.stop().await;
+    thoth.stop();
+}
+
+#[actix_rt::test]
+async fn mid_session_a_token_expires_by_the_same_rule_not_before_exp() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let exp = now() + 2;
+    let token = token_with(json!({"sub": "expiring", "exp": exp}));
+    let mut client = connect(&ws_url(&gateway, TRANSCRIBE), Auth::Query(&token), None)
+        .await
+        .client;
+    client.expect_type("ready").await;
+    let (messages, close) = client.until_close(Duration::from_secs(8)).await;
+    let closed_at = unix_now_secs_f64();
+    assert_eq!(messages.last().unwrap()["code"], "TOKEN_EXPIRED");
+    assert_eq!(close, Some(4401));
+    // Valid for the whole second `exp` (as at connect), closed after it.
+    assert!(
+        closed_at >= (exp + 1) as f64,
+        "closed at {closed_at}, while a connect would still admit exp {exp}"
+    );
+    gateway.stop().await;
+    thoth.stop();
+}

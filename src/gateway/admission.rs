@@ -176,11 +176,8 @@ pub fn validate_refresh(
     }
 }
 
-/// Time left until a token's `exp` (zero once past).
+/// Time left until a token with this `exp` expires, by the same rule as at
+/// connect ([`crate::auth::time_left`]; zero once past).
 pub fn until_expiry(exp: u64) -> std::time::Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    std::time::Duration::from_secs(exp.saturating_sub(now))
+    crate::auth::time_left(exp)
 }
