@@ -420,3 +420,64 @@ async fn mid_session_a_token_expires_by_the_same_rule_not_before_exp() {
     gateway.stop().await;
     thoth.stop();
 }
+
+// ---- item 5: the settings PUT takes JSON only ------------------------------------
+
+async fn put_key_as(
+    gateway: &chronus_gateway::RunningGateway,
+    token: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, String) {
+    let mut response = awc::Client::new()
+        .put(format!(
+            "http://{}/api/settings/api-keys/mistral",
+            gateway.public_addr
+        ))
+        .bearer_auth(token)
+        .insert_header(("content-type", content_type))
+        .send_body(body)
+        .await
+        .expect("HTTP request");
+    let body = response.body().limit(1 << 16).await.unwrap();
+    (
+        response.status().as_u16(),
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+#[actix_rt::test]
+async fn putting_a_key_as_a_form_or_plain_text_is_415_and_stores_nothing() {
+    let gateway = start_gateway(&base_env("ws://127.0.0.1:9/stream-audio")).await;
+    let token = token_for("form-poster");
+    let json_body = json!({"apiKey": MISTRAL_KEY}).to_string();
+    for (content_type, body) in [
+        (
+            "application/x-www-form-urlencoded",
+            format!("apiKey={MISTRAL_KEY}"),
+        ),
+        ("text/plain", json_body.clone()),
+        ("multipart/form-data; boundary=x", json_body.clone()),
+    ] {
+        let (status, reply) = put_key_as(&gateway, &token, content_type, body).await;
+        assert_eq!(status, 415, "{content_type}");
+        let error: Value = serde_json::from_str(&reply).expect("a JSON error body");
+        assert!(error["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"));
+        assert!(!reply.contains(MISTRAL_KEY), "{content_type}");
+    }
+    let stored = gateway.state.keys.list("form-poster").await.unwrap();
+    assert!(stored.is_empty(), "a refused body stores nothing");
+    // JSON, with or without a charset, is taken.
+    let (status, _) = put_key_as(
+        &gateway,
+        &token,
+        "application/json; charset=utf-8",
+        json_body,
+    )
+    .await;
+    assert_eq!(status, 204);
+    gateway.stop().await;
+}
