@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod redact;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chronus_gateway::logging::init();
 }
 
 fn serve() -> Result<(), Box<dyn std::error::Error>> {
