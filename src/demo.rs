@@ -150,7 +150,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         config.jwt.audience.as_deref(),
     )?;
 
-    let mistral_url = crate::redact::strip_credentials(&config.mistral_ws_url);
+    let mistral_url = crate::redact::redact(&config.mistral_ws_url);
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
         let public = gateway.public_addr;

@@ -54,3 +54,53 @@ async fn a_claim_with_line_breaks_and_bidi_controls_cannot_forge_a_log_line() {
     );
     thoth.stop();
 }
+
+/// Runs the binary with `DATABASE_URL` set to `database_url` until it gives
+/// up (nothing listens on port 1); returns everything it wrote.
+fn output_with_database_url(database_url: &str) -> String {
+    let mut env = base_env("ws://127.0.0.1:9/stream-audio");
+    env.insert("RUST_LOG".into(), "debug".into());
+    env.insert("DATABASE_URL".into(), database_url.into());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chronus-gateway"))
+        .env_clear()
+        .envs(&env)
+        .output()
+        .expect("gateway binary runs");
+    assert!(
+        !output.status.success(),
+        "{database_url}: no database there"
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Issue 12: the config log line printed a libpq conninfo whole. Every form
+/// of `DATABASE_URL` goes through the one redactor now.
+#[test]
+fn a_database_password_never_reaches_the_logs_whatever_the_url_form() {
+    for database_url in [
+        "host=127.0.0.1 port=1 password=hunter2 dbname=x",
+        "postgres://gw:hunter2@127.0.0.1:1/x",
+        "postgresql://gw@127.0.0.1:1/x?password=hunter2&sslmode=disable",
+    ] {
+        let output = output_with_database_url(database_url);
+        if std::env::var("SHOW_LOG").is_ok() {
+            eprintln!("{output}");
+        }
+        assert!(
+            output.contains("starting with Config"),
+            "the config is logged: {output}"
+        );
+        assert!(
+            !output.contains("hunter2"),
+            "{database_url}: the password leaked:\n{output}"
+        );
+        assert!(
+            output.contains("***"),
+            "{database_url}: masked, not dropped"
+        );
+    }
+}
