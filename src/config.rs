@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use crate::crypto::SecretString;
+
 /// Default Mistral realtime endpoint (unreachable from the test machines; tests
 /// point `MISTRAL_WS_URL` at a fake).
 pub const DEFAULT_MISTRAL_WS_URL: &str =
@@ -126,20 +128,22 @@ pub struct Config {
     /// Base of public WebSocket URLs handed to browsers (`/api/mistral/token`);
     /// derived from the request's host when unset.
     pub public_ws_base_url: Option<String>,
-    pub database_url: String,
+    /// May carry a password: held as a secret, logged only through
+    /// [`crate::redact`].
+    pub database_url: SecretString,
     pub jwt: JwtConfig,
     /// Base64 of the 32-byte key that encrypts stored API keys.
-    pub api_key_encryption_key: String,
+    pub api_key_encryption_key: SecretString,
     /// Version the current key tags new ciphertexts with
     /// (`API_KEY_ENCRYPTION_KEY_VERSION`, default 1); bump it on rotation.
     pub api_key_encryption_key_version: u32,
     /// Older keys, kept only to decrypt what they sealed until
     /// `chronus-gateway reencrypt-keys` has moved every row over
     /// (`API_KEY_PREVIOUS_ENCRYPTION_KEYS=VERSION:BASE64[,VERSION:BASE64…]`).
-    pub api_key_previous_encryption_keys: Vec<(u32, String)>,
+    pub api_key_previous_encryption_keys: Vec<(u32, SecretString)>,
     pub thoth_ws_urls: Vec<String>,
     pub thoth_protocol: ThothProtocol,
-    pub thoth_stream_token: Option<String>,
+    pub thoth_stream_token: Option<SecretString>,
     pub thoth_ca_cert: Option<PathBuf>,
     pub thoth_idle_close: Duration,
     pub thoth_replay_max: Duration,
@@ -170,7 +174,7 @@ impl fmt::Debug for Config {
             .field("public_ws_base_url", &self.public_ws_base_url)
             .field(
                 "database_url",
-                &crate::redact::strip_credentials(&self.database_url),
+                &crate::redact::redact(self.database_url.expose()),
             )
             .field("jwt_algorithm", &self.jwt.algorithm)
             .field(
@@ -178,17 +182,14 @@ impl fmt::Debug for Config {
                 &self
                     .thoth_ws_urls
                     .iter()
-                    .map(|u| crate::redact::strip_credentials(u))
+                    .map(|u| crate::redact::redact(u))
                     .collect::<Vec<_>>(),
             )
             .field("thoth_protocol", &self.thoth_protocol)
-            .field(
-                "thoth_stream_token",
-                &self.thoth_stream_token.as_ref().map(|_| "***"),
-            )
+            .field("thoth_stream_token", &self.thoth_stream_token)
             .field(
                 "mistral_ws_url",
-                &crate::redact::strip_credentials(&self.mistral_ws_url),
+                &crate::redact::redact(&self.mistral_ws_url),
             )
             .field("allowed_origins", &self.allowed_origins)
             .field("max_sessions", &self.max_sessions)
@@ -318,14 +319,15 @@ impl Config {
             public_ws_base_url,
             database_url: vars
                 .get("DATABASE_URL")
-                .unwrap_or_else(|| "chronus-gateway.db".to_string()),
+                .unwrap_or_else(|| "chronus-gateway.db".to_string())
+                .into(),
             jwt,
-            api_key_encryption_key: vars.required("API_KEY_ENCRYPTION_KEY")?,
+            api_key_encryption_key: vars.required("API_KEY_ENCRYPTION_KEY")?.into(),
             api_key_encryption_key_version: vars.parsed("API_KEY_ENCRYPTION_KEY_VERSION", 1)?,
             api_key_previous_encryption_keys: read_previous_keys(&vars)?,
             thoth_ws_urls,
             thoth_protocol,
-            thoth_stream_token: vars.get("THOTH_STREAM_TOKEN"),
+            thoth_stream_token: vars.get("THOTH_STREAM_TOKEN").map(SecretString::from),
             thoth_ca_cert: vars.get("THOTH_CA_CERT").map(PathBuf::from),
             thoth_idle_close: vars.secs("THOTH_IDLE_CLOSE_SECS", 30)?,
             thoth_replay_max: vars.secs("THOTH_REPLAY_MAX_SECS", 30)?,
@@ -441,7 +443,7 @@ fn read_jwt_config(vars: &Vars<'_>) -> Result<JwtConfig, ConfigError> {
 
 /// `API_KEY_PREVIOUS_ENCRYPTION_KEYS`: `VERSION:BASE64` entries, comma-separated.
 /// The keys themselves are checked when the cipher is built.
-fn read_previous_keys(vars: &Vars<'_>) -> Result<Vec<(u32, String)>, ConfigError> {
+fn read_previous_keys(vars: &Vars<'_>) -> Result<Vec<(u32, SecretString)>, ConfigError> {
     const VAR: &str = "API_KEY_PREVIOUS_ENCRYPTION_KEYS";
     let Some(list) = vars.get("API_KEY_PREVIOUS_ENCRYPTION_KEYS") else {
         return Ok(Vec::new());
@@ -460,7 +462,7 @@ fn read_previous_keys(vars: &Vars<'_>) -> Result<Vec<(u32, String)>, ConfigError
             if key.is_empty() {
                 return Err(bad());
             }
-            Ok((version, key.to_owned()))
+            Ok((version, SecretString::from(key)))
         })
         .collect()
 }
@@ -593,6 +595,26 @@ mod tests {
         assert!(!printed.contains("thoth-secret-value"));
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("0123456789abcdef"));
+        assert!(
+            printed.contains("postgres://u:***@127.0.0.1/db"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_conninfo_database_url_never_prints_its_password() {
+        let mut map = base();
+        map.insert(
+            "DATABASE_URL".into(),
+            "host=db port=5432 password=hunter2 dbname=x".into(),
+        );
+        let config = Config::from_map(&map).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("password=***"), "{printed}");
+        // The secret type itself prints nothing either.
+        assert_eq!(format!("{:?}", config.database_url), "***");
+        assert_eq!(format!("{}", config.api_key_encryption_key), "***");
     }
 
     #[test]
@@ -607,7 +629,7 @@ mod tests {
         assert_eq!(cfg.api_key_encryption_key_version, 3);
         assert_eq!(
             cfg.api_key_previous_encryption_keys,
-            vec![(2, "QkJCQg==".to_owned()), (1, "QUFBQQ==".to_owned())]
+            vec![(2, "QkJCQg==".into()), (1, "QUFBQQ==".into())]
         );
         map.insert(
             "API_KEY_PREVIOUS_ENCRYPTION_KEYS".into(),

@@ -109,7 +109,7 @@ fn persistent_secret(path: &std::path::Path, bytes: usize) -> std::io::Result<St
 
 pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args(args)?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    crate::logging::init();
     std::fs::create_dir_all(&args.data_dir)?;
     let jwt_secret = persistent_secret(&args.data_dir.join("jwt-secret"), 32)?;
     let encryption_key = persistent_secret(&args.data_dir.join("api-key-encryption-key"), 32)?;
@@ -150,7 +150,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         config.jwt.audience.as_deref(),
     )?;
 
-    let mistral_url = crate::redact::strip_credentials(&config.mistral_ws_url);
+    let mistral_url = crate::redact::redact(&config.mistral_ws_url);
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
         let public = gateway.public_addr;

@@ -46,10 +46,10 @@ const REENCRYPT_BATCH_ROWS: i64 = 100;
 /// The gateway's cipher from its configuration: the current key with its
 /// version, plus every previous key (decryption only).
 pub fn cipher_from_config(config: &crate::config::Config) -> Result<KeyCipher, CryptoError> {
-    let mut cipher = KeyCipher::from_base64(&config.api_key_encryption_key)?
+    let mut cipher = KeyCipher::from_base64(config.api_key_encryption_key.expose())?
         .with_version(config.api_key_encryption_key_version)?;
     for (version, key) in &config.api_key_previous_encryption_keys {
-        cipher = cipher.with_previous(*version, key)?;
+        cipher = cipher.with_previous(*version, key.expose())?;
     }
     Ok(cipher)
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod redact;
@@ -118,7 +119,8 @@ fn access_log() -> Logger {
 pub async fn reencrypt_keys(config: &Config) -> Result<usize, Box<dyn std::error::Error>> {
     let cipher = keys::cipher_from_config(config)?;
     let database_url = config.database_url.clone();
-    let database = web::block(move || db::Database::connect(&database_url)).await??;
+    // Exposed only to the driver, on the blocking thread.
+    let database = web::block(move || db::Database::connect(database_url.expose())).await??;
     let store = keys::ApiKeyStore::new(database, Arc::new(cipher));
     Ok(store.reencrypt_all().await?)
 }
@@ -135,7 +137,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     let cipher = keys::cipher_from_config(&config)?;
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
-    let database = web::block(move || db::Database::connect(&database_url)).await??;
+    let database = web::block(move || db::Database::connect(database_url.expose())).await??;
     log::info!(
         "database: {} ({})",
         database.backend(),

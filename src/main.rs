@@ -43,14 +43,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chronus-gateway: {e}");
+            // Outside the logger, escaped the same way: a driver's or an
+            // upstream's message may carry line breaks.
+            let message = chronus_gateway::logging::escape_for_log(&e.to_string());
+            eprintln!("chronus-gateway: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chronus_gateway::logging::init();
 }
 
 fn serve() -> Result<(), Box<dyn std::error::Error>> {

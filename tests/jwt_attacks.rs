@@ -290,11 +290,17 @@ fn expired_token_is_refused() {
     }
 }
 
+/// No leeway on `exp` (issue 15, item 4): a token past `exp` is refused at
+/// connect rather than admitted only to be closed `TOKEN_EXPIRED` at once.
 #[test]
-fn expiry_within_the_5_s_leeway_is_tolerated() {
+fn expiry_a_few_seconds_ago_is_refused_without_leeway() {
     for setup in SETUPS {
-        let token = setup.token(&claims_with(json!({"exp": now() - 2})));
-        assert_accepted(setup, &token);
+        for ago in [1, 2, 5] {
+            let token = setup.token(&claims_with(json!({"exp": now() - ago})));
+            assert_refused(setup, &token, AuthFailure::Expired);
+        }
+        let current_second = setup.token(&claims_with(json!({"exp": now() + 1})));
+        assert_accepted(setup, &current_second);
     }
 }
 

@@ -1,5 +1,5 @@
 //! The browser client's routes on the public listener (src/http/web.rs):
-//! the demo page and scripts always, the demo helpers only under `demo`.
+//! the client scripts always, the demo page and its helpers only under `demo`.
 
 mod common;
 
@@ -35,7 +35,9 @@ fn demo_settings() -> DemoSettings {
 
 #[actix_rt::test]
 async fn the_demo_page_and_the_client_scripts_are_served_with_their_types() {
-    let gateway = common::start_gateway(&base_env("ws://127.0.0.1:9/stream-audio")).await;
+    let mut config = Config::from_map(&base_env("ws://127.0.0.1:9/stream-audio")).unwrap();
+    config.demo = Some(demo_settings());
+    let gateway = chronus_gateway::start(config).await.unwrap();
 
     let (status, content_type, body) = get(&gateway, "/demo").await;
     assert_eq!(status, 200);
@@ -63,6 +65,18 @@ async fn without_demo_settings_there_is_no_token_to_fetch() {
     let gateway = common::start_gateway(&base_env("ws://127.0.0.1:9/stream-audio")).await;
     assert_eq!(get(&gateway, "/demo/token").await.0, 404);
     assert_eq!(get(&gateway, "/demo/config").await.0, 404);
+    gateway.stop().await;
+}
+
+/// Under `serve` the gateway hosts no page at all (issue 15, item 6); the
+/// scripts stay for frontends that embed them.
+#[actix_rt::test]
+async fn without_demo_settings_the_demo_page_is_not_served() {
+    let gateway = common::start_gateway(&base_env("ws://127.0.0.1:9/stream-audio")).await;
+    let (status, _, body) = get(&gateway, "/demo").await;
+    assert_eq!(status, 404);
+    assert!(!String::from_utf8_lossy(&body).contains("chronus transcription"));
+    assert_eq!(get(&gateway, "/web/chronus-transcription.js").await.0, 200);
     gateway.stop().await;
 }
 

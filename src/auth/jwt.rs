@@ -8,8 +8,12 @@ use crate::config::{ConfigError, JwtConfig, JwtKey};
 /// Longer tokens are refused before any decoding work.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 5;
+/// Clock skew tolerated on `nbf` (an issuer whose clock runs ahead).
+const NBF_LEEWAY_SECS: u64 = 5;
+/// Tolerated past `exp`: none. One rule for both moments a token is checked
+/// (at connect, and by the session's expiry timer, see [`time_left`]): a
+/// token admitted at connect is never closed `TOKEN_EXPIRED` at once.
+pub const EXP_LEEWAY_SECS: u64 = 0;
 
 /// The claims the gateway uses.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -94,7 +98,11 @@ impl JwtValidator {
         // `Validation::new` pins the one algorithm: a token's own `alg` header
         // (including `none` or an HS/RS swap) is never trusted.
         let mut validation = Validation::new(config.algorithm);
-        validation.leeway = LEEWAY_SECS;
+        // jsonwebtoken has one `leeway` for `exp` and `nbf`; taking back
+        // `NBF_LEEWAY_SECS - EXP_LEEWAY_SECS` on `exp` leaves it exactly
+        // EXP_LEEWAY_SECS: refused when `exp < now - EXP_LEEWAY_SECS`.
+        validation.leeway = NBF_LEEWAY_SECS;
+        validation.reject_tokens_expiring_in_less_than = NBF_LEEWAY_SECS - EXP_LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         // A configured issuer or audience must also be present: a token
@@ -146,6 +154,18 @@ impl JwtValidator {
         }
         Ok(data.claims)
     }
+}
+
+/// How long a token with this `exp` stays valid from now, by the rule
+/// [`JwtValidator::validate`] applies: valid while the current whole second
+/// is at most `exp + EXP_LEEWAY_SECS`, so until `exp + EXP_LEEWAY_SECS + 1`
+/// (zero once past).
+pub fn time_left(exp: u64) -> std::time::Duration {
+    let valid_until = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(exp.saturating_add(EXP_LEEWAY_SECS + 1));
+    valid_until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
 }
 
 /// Mints an HS256 token for development (`chronus-gateway token`, the demo,

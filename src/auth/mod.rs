@@ -5,4 +5,4 @@ mod extract;
 mod jwt;
 
 pub use extract::{origin_allowed, token_from_request, TokenSource, JWT_SUBPROTOCOL};
-pub use jwt::{mint_hs256, AuthFailure, Claims, JwtValidator, MAX_TOKEN_BYTES};
+pub use jwt::{mint_hs256, time_left, AuthFailure, Claims, JwtValidator, MAX_TOKEN_BYTES};

@@ -13,7 +13,8 @@ use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel::{PgConnection, SqliteConnection};
 
-use super::url::{Redactor, Target};
+use super::url::Target;
+use crate::redact::Scrubber;
 
 /// How long SQLite waits for a lock held by another connection before
 /// answering "database is locked".
@@ -43,11 +44,11 @@ impl std::error::Error for ConnectionFailure {}
 /// Opens connections to one fixed backend for the r2d2 pool.
 pub struct AnyConnectionManager {
     target: Target,
-    redactor: Redactor,
+    redactor: Scrubber,
 }
 
 impl AnyConnectionManager {
-    pub(super) fn new(target: Target, redactor: Redactor) -> Self {
+    pub(super) fn new(target: Target, redactor: Scrubber) -> Self {
         Self { target, redactor }
     }
 

@@ -17,10 +17,11 @@ pub mod schema;
 mod url;
 
 pub use connection::{AnyConnection, AnyConnectionManager, ConnectionFailure, SqlitePragmas};
-pub use url::{redact_url, PG_CONNECT_TIMEOUT_SECS};
+pub use url::PG_CONNECT_TIMEOUT_SECS;
 
+use crate::redact::{redact, Scrubber};
 use connection::LogPoolErrors;
-use url::{Redactor, Target};
+use url::Target;
 
 /// How long `Database::connect` and every pool checkout wait for a
 /// connection before giving up (the database is then "unavailable").
@@ -78,7 +79,7 @@ pub struct Database {
     pool: r2d2::Pool<AnyConnectionManager>,
     backend: &'static str,
     redacted_url: Arc<str>,
-    redactor: Arc<Redactor>,
+    redactor: Arc<Scrubber>,
 }
 
 impl Database {
@@ -91,8 +92,8 @@ impl Database {
     pub fn connect(url: &str) -> Result<Database, DbError> {
         let target = Target::parse(url)?;
         let backend = target.backend();
-        let redacted_url: Arc<str> = redact_url(url.trim()).into();
-        let redactor = Redactor::for_url(url);
+        let redacted_url: Arc<str> = redact(url.trim()).into();
+        let redactor = Scrubber::for_secrets_in(url);
 
         if let Target::Sqlite { file, .. } = &target {
             if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {

@@ -1,11 +1,10 @@
-//! `DATABASE_URL` parsing: which backend, what to hand it, and how to
-//! mention the URL in messages without its password.
+//! `DATABASE_URL` parsing: which backend and what to hand it. Messages
+//! mention the URL only through [`crate::redact`].
 
 use std::path::PathBuf;
 
-use zeroize::Zeroizing;
-
 use super::DbError;
+use crate::redact::{looks_like_conninfo, redact};
 
 /// libpq's own connect timeout (it also bounds the start-up handshake, so a
 /// server that accepts TCP and then says nothing cannot hang us).
@@ -26,7 +25,7 @@ impl Target {
     pub fn parse(url: &str) -> Result<Target, DbError> {
         let url = url.trim();
         let unsupported = |reason: &'static str| DbError::UnsupportedUrl {
-            url: redact_url(url),
+            url: redact(url),
             reason,
         };
         if url.is_empty() {
@@ -59,7 +58,8 @@ impl Target {
                 },
                 None => path,
             };
-            return sqlite_path(url.to_owned(), &percent_decode(path), url);
+            let file = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            return sqlite_path(url.to_owned(), &file, url);
         }
         if url == ":memory:" || url.starts_with(":memory:?") {
             return Err(unsupported(
@@ -90,7 +90,7 @@ impl Target {
 fn sqlite_path(open: String, file: &str, url: &str) -> Result<Target, DbError> {
     if file.is_empty() {
         return Err(DbError::UnsupportedUrl {
-            url: redact_url(url),
+            url: redact(url),
             reason: "no SQLite file path given",
         });
     }
@@ -110,150 +110,12 @@ fn cut_at_query(s: &str) -> &str {
     s.split(['?', '#']).next().unwrap_or("")
 }
 
-/// `host=db port=5432 dbname=x`: libpq accepts it, but a SQLite fallback
-/// would create a file of that name, so it is refused outright.
-fn looks_like_conninfo(s: &str) -> bool {
-    s.split_whitespace().any(|word| {
-        word.split_once('=').is_some_and(|(key, _)| {
-            !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    })
-}
-
 fn with_connect_timeout(url: &str) -> String {
     if url.to_ascii_lowercase().contains("connect_timeout=") {
         return url.to_owned();
     }
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}connect_timeout={PG_CONNECT_TIMEOUT_SECS}")
-}
-
-/// The URL with any password (in the user info or a `password=` parameter)
-/// replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let mut out = match url.find("://") {
-        Some(scheme_end) => {
-            let (scheme, rest) = url.split_at(scheme_end + 3);
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(authority_end);
-            match authority.rfind('@') {
-                Some(at) => {
-                    let (userinfo, host) = authority.split_at(at);
-                    let user = match userinfo.split_once(':') {
-                        Some((user, _password)) => format!("{user}:***"),
-                        None => userinfo.to_owned(),
-                    };
-                    format!("{scheme}{user}{host}{tail}")
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    };
-    for (start, end) in password_params(&out).into_iter().rev() {
-        out.replace_range(start..end, "***");
-    }
-    out
-}
-
-/// Byte ranges of the values of `password=` parameters (URI query or
-/// key=value conninfo).
-fn password_params(s: &str) -> Vec<(usize, usize)> {
-    const KEY: &str = "password=";
-    let lower = s.to_ascii_lowercase();
-    let mut ranges = Vec::new();
-    let mut from = 0;
-    while let Some(found) = lower[from..].find(KEY) {
-        let key_start = from + found;
-        let value_start = key_start + KEY.len();
-        // Only a whole parameter name, not e.g. `sslpassword=`.
-        let starts_param =
-            key_start == 0 || matches!(s.as_bytes()[key_start - 1], b'?' | b'&' | b' ' | b'\t');
-        let rest = &s[value_start..];
-        let value_len = if let Some(quoted) = rest.strip_prefix('\'') {
-            quoted.find('\'').map_or(rest.len(), |end| end + 2)
-        } else {
-            rest.find(['&', '#', ' ', '\t']).unwrap_or(rest.len())
-        };
-        if starts_param && value_len > 0 {
-            ranges.push((value_start, value_start + value_len));
-        }
-        from = value_start;
-    }
-    ranges
-}
-
-/// Every password the URL carries, raw and percent-decoded, so that
-/// messages from the driver can be scrubbed of them too.
-fn url_secrets(url: &str) -> Vec<String> {
-    let mut secrets = Vec::new();
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-        if let Some(at) = authority.rfind('@') {
-            if let Some((_, password)) = authority[..at].split_once(':') {
-                secrets.push(password.to_owned());
-            }
-        }
-    }
-    for (start, end) in password_params(url) {
-        let value = url[start..end].trim_matches('\'');
-        secrets.push(value.to_owned());
-    }
-    let decoded: Vec<String> = secrets.iter().map(|s| percent_decode(s)).collect();
-    secrets.extend(decoded);
-    secrets.retain(|s| !s.is_empty());
-    secrets.sort();
-    secrets.dedup();
-    // Longest first, so that a password containing another is removed whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
-            if let Some(Ok(byte)) = hex.map(|hex| u8::from_str_radix(hex, 16)) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Removes the URL's passwords from any message (driver errors may echo
-/// parts of the connection string).
-#[derive(Clone, Default)]
-pub struct Redactor {
-    secrets: Vec<Zeroizing<String>>,
-}
-
-impl Redactor {
-    pub fn for_url(url: &str) -> Self {
-        Self {
-            secrets: url_secrets(url).into_iter().map(Zeroizing::new).collect(),
-        }
-    }
-
-    pub fn scrub(&self, message: &str) -> String {
-        let mut message = message.to_owned();
-        for secret in &self.secrets {
-            if message.contains(secret.as_str()) {
-                message = message.replace(secret.as_str(), "***");
-            }
-        }
-        message
-    }
 }
 
 #[cfg(test)]
@@ -323,30 +185,5 @@ mod tests {
         ] {
             assert!(Target::parse(url).is_err(), "{url:?} accepted");
         }
-    }
-
-    #[test]
-    fn redaction_hides_passwords() {
-        assert_eq!(
-            redact_url("postgres://gw:s3cr%40t@db:5432/gw?sslmode=require"),
-            "postgres://gw:***@db:5432/gw?sslmode=require"
-        );
-        assert_eq!(redact_url("postgres://gw@db/gw"), "postgres://gw@db/gw");
-        assert_eq!(
-            redact_url("postgres://db/gw?user=gw&password=hunter2&sslmode=disable"),
-            "postgres://db/gw?user=gw&password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("host=db password='a b' dbname=gw"),
-            "host=db password=*** dbname=gw"
-        );
-        assert_eq!(redact_url("data/gw.db"), "data/gw.db");
-    }
-
-    #[test]
-    fn redactor_scrubs_raw_and_decoded_passwords() {
-        let redactor = Redactor::for_url("postgres://gw:s3cr%40t@db/gw?password=other");
-        let scrubbed = redactor.scrub("failed for s3cr@t, s3cr%40t and other");
-        assert_eq!(scrubbed, "failed for ***, *** and ***");
     }
 }

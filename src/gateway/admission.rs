@@ -22,19 +22,37 @@ pub struct Admitted {
     pub permit: SessionPermit,
 }
 
-/// Whether the request asks for a WebSocket upgrade.
+/// The only WebSocket version there is (RFC 6455 4.4); actix also takes the
+/// drafts' 7 and 8, which no browser has sent since 2012.
+pub const WEBSOCKET_VERSION: &str = "13";
+
+/// Whether the request is a WebSocket upgrade the gateway accepts: HTTP/1.1
+/// or later, `Upgrade: websocket` and `Sec-WebSocket-Version: 13`. Checked
+/// before any token or upstream work; anything else gets
+/// [`upgrade_required`] (426), an HTTP/1.0 upgrade included (HTTP/1.0 has
+/// no `Upgrade`).
 pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
-    req.headers()
+    let asks_for_websocket = req
+        .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let speaks_version_13 = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == WEBSOCKET_VERSION.as_bytes());
+    asks_for_websocket && speaks_version_13 && req.version() >= actix_web::http::Version::HTTP_11
 }
 
-/// `426 Upgrade Required` for a WebSocket path hit by plain HTTP.
+/// `426 Upgrade Required` for a WebSocket path hit by plain HTTP, HTTP/1.0
+/// or another WebSocket version; names the version it speaks (RFC 6455 4.4).
 pub fn upgrade_required() -> HttpResponse {
     HttpResponse::build(actix_web::http::StatusCode::UPGRADE_REQUIRED)
         .insert_header((header::UPGRADE, "websocket"))
-        .json(serde_json::json!({"error": "This endpoint only speaks WebSocket"}))
+        .insert_header((header::SEC_WEBSOCKET_VERSION, WEBSOCKET_VERSION))
+        .json(serde_json::json!({
+            "error": "This endpoint only speaks WebSocket (RFC 6455: HTTP/1.1, Sec-WebSocket-Version 13)"
+        }))
 }
 
 /// Checks the caller of a WebSocket endpoint: Origin, then token, then caps.
@@ -158,11 +176,8 @@ pub fn validate_refresh(
     }
 }
 
-/// Time left until a token's `exp` (zero once past).
+/// Time left until a token with this `exp` expires, by the same rule as at
+/// connect ([`crate::auth::time_left`]; zero once past).
 pub fn until_expiry(exp: u64) -> std::time::Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    std::time::Duration::from_secs(exp.saturating_sub(now))
+    crate::auth::time_left(exp)
 }

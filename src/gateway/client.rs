@@ -18,7 +18,7 @@ use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::admission::validate_refresh;
-use crate::gateway::fragments::Reassembler;
+use crate::gateway::fragments::{FrameFault, Reassembler};
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::note_sessions::NoteSessionGuard;
 use crate::gateway::outbound::OutboundQueue;
@@ -395,7 +395,19 @@ impl ClientActor {
         match self.fragments.push(item, max_frame_bytes) {
             Ok(Some(message)) => self.on_frame(message, ctx),
             Ok(None) => {}
-            Err(error) => self.report(error, ctx),
+            Err(fault) => self.on_frame_fault(fault, ctx),
+        }
+    }
+
+    /// A browser frame the session cannot take: the envelope, then the
+    /// fault's close code (1007 for text that is not UTF-8).
+    fn on_frame_fault(&mut self, fault: FrameFault, ctx: &mut ws::WebsocketContext<Self>) {
+        let description = fault.error.code.as_str();
+        self.report(fault.error, ctx);
+        if let Some(code) = fault.close_code {
+            if self.phase != Phase::Closed {
+                self.close(code, description, ctx);
+            }
         }
     }
 
@@ -589,14 +601,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for ClientActor {
         self.last_heard = Instant::now();
         match msg {
             Ok(frame) => self.on_frame(frame, ctx),
-            Err(ws::ProtocolError::Overflow) => {
-                self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx)
-            }
-            Err(e) => {
-                log::info!("session {}: protocol error from client: {e}", self.id_text);
-                self.phase = Phase::Closed;
-                ctx.stop();
-            }
+            Err(e) => match FrameFault::of_protocol_error(&e) {
+                Some(fault) => self.on_frame_fault(fault, ctx),
+                None => {
+                    log::info!("session {}: protocol error from client: {e}", self.id_text);
+                    self.phase = Phase::Closed;
+                    ctx.stop();
+                }
+            },
         }
     }
 

@@ -37,7 +37,7 @@ use crate::gateway::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, Admitted,
     SELECTABLE_SUBPROTOCOLS,
 };
-use crate::gateway::fragments::Reassembler;
+use crate::gateway::fragments::{FrameFault, Reassembler};
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::{CountedStream, OutboundQueue};
 use crate::gateway::session_clock::SessionClock;
@@ -310,7 +310,19 @@ impl MistralProxyActor {
         match self.fragments.push(item, max_frame_bytes) {
             Ok(Some(message)) => self.on_frame(message, ctx),
             Ok(None) => {}
-            Err(error) => self.report(error, ctx),
+            Err(fault) => self.on_frame_fault(fault, ctx),
+        }
+    }
+
+    /// A browser frame the session cannot take: the envelope, then the
+    /// fault's close code (1007 for text that is not UTF-8).
+    fn on_frame_fault(&mut self, fault: FrameFault, ctx: &mut ws::WebsocketContext<Self>) {
+        let description = fault.error.code.as_str();
+        self.report(fault.error, ctx);
+        if let Some(code) = fault.close_code {
+            if !self.closed {
+                self.close(code, description, ctx);
+            }
         }
     }
 
@@ -481,18 +493,18 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for MistralProxyActor
         }
         match msg {
             Ok(frame) => self.on_frame(frame, ctx),
-            Err(ws::ProtocolError::Overflow) => {
-                self.report(GatewayError::new(ErrorCode::MessageTooLarge), ctx)
-            }
-            Err(e) => {
-                log::info!(
-                    "mistral native {}: protocol error from client: {e}",
-                    self.id_text
-                );
-                self.closed = true;
-                self.close_upstream();
-                ctx.stop();
-            }
+            Err(e) => match FrameFault::of_protocol_error(&e) {
+                Some(fault) => self.on_frame_fault(fault, ctx),
+                None => {
+                    log::info!(
+                        "mistral native {}: protocol error from client: {e}",
+                        self.id_text
+                    );
+                    self.closed = true;
+                    self.close_upstream();
+                    ctx.stop();
+                }
+            },
         }
     }
 

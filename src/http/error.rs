@@ -17,6 +17,9 @@ pub enum ApiError {
         message: String,
         code: Option<&'static str>,
     },
+    /// A body in another media type than the route takes (415).
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     #[error("Service temporarily unavailable")]
     Unavailable,
     #[error("Internal error")]
@@ -30,6 +33,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

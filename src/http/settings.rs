@@ -67,6 +67,26 @@ async fn read_secret_body(mut payload: web::Payload) -> Result<Zeroizing<Vec<u8>
     Ok(body)
 }
 
+/// Only `application/json` (parameters such as `charset` allowed): a
+/// cross-site HTML form can send `application/x-www-form-urlencoded`,
+/// `multipart/form-data` or `text/plain` without a CORS preflight, never
+/// JSON, so a form post can never store a key even if a deployment adds CORS.
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "The body must be sent as Content-Type: application/json",
+        ))
+    }
+}
+
 fn no_store(mut response: HttpResponse) -> HttpResponse {
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -75,13 +95,15 @@ fn no_store(mut response: HttpResponse) -> HttpResponse {
     response
 }
 
-/// `PUT /api/settings/api-keys/{provider}` with `{"apiKey":"…"}` → 204.
+/// `PUT /api/settings/api-keys/{provider}` with `{"apiKey":"…"}` as
+/// `application/json` → 204 (415 for any other content type).
 async fn put_key(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
     let claims = authenticate_http(&req, &state)?;
     let provider = provider_of(&path)?;
     let body = read_secret_body(payload).await?;

@@ -1,11 +1,11 @@
 //! The browser client and its demo page (docs/browser-client.md), embedded in
 //! the binary so it needs no files beside it:
-//! - `GET /demo` — the demo page;
 //! - `GET /web/{file}` — `chronus-transcription.js` and `pcm-worklet.js`;
 //! - only under `chronus-gateway demo` ([`crate::config::DemoSettings`]):
-//!   `GET /demo/token` (a token for the demo user) and `GET /demo/config`
-//!   (where the dev thoth is, for the page's legacy mode). Without demo
-//!   settings both answer 404.
+//!   `GET /demo` (the demo page), `GET /demo/token` (a token for the demo
+//!   user) and `GET /demo/config` (where the dev thoth is, for the page's
+//!   legacy mode). Without demo settings all three answer 404: a production
+//!   gateway serves no page of its own.
 
 use actix_web::http::header::{self, CacheControl, CacheDirective};
 use actix_web::{web, HttpResponse};
@@ -57,14 +57,15 @@ fn no_cache() -> CacheControl {
     CacheControl(vec![CacheDirective::NoCache])
 }
 
-async fn demo_page() -> HttpResponse {
-    HttpResponse::Ok()
+async fn demo_page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.config.demo.as_ref().ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok()
         .content_type(HTML)
         .insert_header(no_cache())
         .insert_header((header::CONTENT_SECURITY_POLICY, DEMO_PAGE_CSP))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
-        .body(DEMO_PAGE)
+        .body(DEMO_PAGE))
 }
 
 async fn asset(file: web::Path<String>) -> Result<HttpResponse, ApiError> {

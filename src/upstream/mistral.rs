@@ -76,7 +76,7 @@ impl MistralEndpoint {
 
     /// The URL as logs show it.
     pub fn display_url(&self) -> String {
-        crate::redact::strip_credentials(&self.url)
+        crate::redact::redact(&self.url)
     }
 }
 

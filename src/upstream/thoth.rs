@@ -67,7 +67,7 @@ const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 pub struct ThothEndpointConfig {
     pub url: String,
     pub protocol: ThothProtocol,
-    pub stream_token: Option<String>,
+    pub stream_token: Option<crate::crypto::SecretString>,
     pub tls: Arc<rustls::ClientConfig>,
     pub idle_close: Duration,
     pub retry_base: Duration,
@@ -80,9 +80,9 @@ pub struct ThothEndpointConfig {
 }
 
 impl ThothEndpointConfig {
-    /// The URL as shown in logs and monitoring: no credentials, no query.
+    /// The URL as shown in logs and monitoring, its secrets masked.
     pub fn display_url(&self) -> String {
-        crate::redact::strip_credentials(&self.url)
+        crate::redact::redact(&self.url)
     }
 }
 
@@ -326,7 +326,7 @@ impl ThothUpstreamActor {
     fn target(&self) -> WsTarget {
         let mut headers = Vec::new();
         if let Some(token) = &self.config.stream_token {
-            match HeaderValue::from_str(token) {
+            match HeaderValue::from_str(token.expose()) {
                 Ok(value) => headers.push((HeaderName::from_static("x-thoth-token"), value)),
                 Err(_) => log::error!("THOTH_STREAM_TOKEN is not a valid header value; not sent"),
             }

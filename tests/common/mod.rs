@@ -5,6 +5,7 @@
 pub mod harness;
 pub mod process;
 pub mod prometheus;
+pub mod raw_ws;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
