@@ -1,5 +1,8 @@
-//! `GET /api/mistral/ws`: Mistral's *native* realtime protocol, proxied
-//! (PROTOCOL.md 2.6), for a frontend that already speaks it.
+//! `GET /api/mistral/ws` (and the same handler at
+//! `/api/mistral/v1/audio/transcriptions/realtime`, the path Mistral's SDKs
+//! build from a server URL): Mistral's *native* realtime protocol, proxied
+//! (PROTOCOL.md 2.6), for a frontend or SDK that already speaks it. The
+//! client's `model` query is honoured from `MISTRAL_MODELS`.
 //!
 //! Admission is the chronus one (Origin, JWT, session caps), then the user's
 //! stored Mistral key is looked up; only then is the browser upgraded and a
@@ -39,13 +42,14 @@ use crate::gateway::admission::{
 use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
+use crate::gateway::mistral_model::endpoint_for_query;
 use crate::gateway::outbound::{CountedStream, OutboundQueue};
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::mistral::{
-    self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, WriterFailed,
-    MAX_OUTBOUND_QUEUE_BYTES,
+    self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, MistralEndpoint,
+    WriterFailed, MAX_OUTBOUND_QUEUE_BYTES,
 };
 use crate::upstream::mistral_sessions::MistralSessionGuard;
 use crate::upstream::socket::{message_len, SocketWriter};
@@ -77,6 +81,15 @@ pub async fn mistral_ws(
         Ok(admitted) => admitted,
         Err(error) => return reject_websocket(&req, payload, error),
     };
+    // The model is checked before the key is even read: nothing upstream yet.
+    let endpoint = match endpoint_for_query(
+        req.query_string(),
+        &state.mistral,
+        &state.config.mistral_models,
+    ) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return reject_websocket(&req, payload, error),
+    };
     let key = match mistral::user_key(&state.keys, &admitted.claims.sub).await {
         Ok(key) => key,
         Err(error) => return reject_websocket(&req, payload, error),
@@ -85,7 +98,7 @@ pub async fn mistral_ws(
     // The response stream counts what the browser takes: Mistral's events
     // are relayed only while the browser keeps up (the write-queue bound).
     let taken = Arc::new(AtomicUsize::new(0));
-    let proxy = MistralProxyActor::new(admitted, key, state.into_inner(), taken.clone());
+    let proxy = MistralProxyActor::new(admitted, key, endpoint, state.into_inner(), taken.clone());
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let frames = ws::WebsocketContext::with_codec(proxy, payload, codec);
     Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
@@ -115,6 +128,8 @@ pub struct MistralProxyActor {
     state: Arc<AppState>,
     /// Until the connection attempt takes it.
     key: Option<SecretString>,
+    /// `MISTRAL_WS_URL` with the model the client asked for.
+    endpoint: MistralEndpoint,
     upstream: Upstream,
     pending: VecDeque<UpstreamMessage>,
     pending_bytes: usize,
@@ -134,6 +149,7 @@ impl MistralProxyActor {
     pub fn new(
         admitted: Admitted,
         key: SecretString,
+        endpoint: MistralEndpoint,
         state: Arc<AppState>,
         taken: Arc<AtomicUsize>,
     ) -> Self {
@@ -146,6 +162,7 @@ impl MistralProxyActor {
             token_exp: admitted.claims.exp,
             state,
             key: Some(key),
+            endpoint,
             upstream: Upstream::Connecting,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -202,7 +219,7 @@ impl MistralProxyActor {
         let Some(key) = self.key.take() else {
             return;
         };
-        let endpoint = self.state.mistral.clone();
+        let endpoint = self.endpoint.clone();
         let session = self.id_text.clone();
         let attempt = async move { open_mistral_socket(&endpoint, key, &session).await };
         ctx.spawn(

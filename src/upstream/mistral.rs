@@ -77,6 +77,24 @@ impl MistralEndpoint {
         })
     }
 
+    /// The same endpoint asking for `model` (replacing the URL's own `model`).
+    pub fn with_model(&self, model: &str) -> MistralEndpoint {
+        let mut chosen = self.clone();
+        if let Ok(mut url) = url::Url::parse(&self.url) {
+            let others: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(name, _)| name != "model")
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(others)
+                .append_pair("model", model);
+            chosen.url = url.to_string();
+        }
+        chosen
+    }
+
     /// The URL as logs show it.
     pub fn display_url(&self) -> String {
         crate::redact::strip_credentials(&self.url)
