@@ -1,0 +1,123 @@
+//! The native Mistral proxy as Mistral's SDKs and a drain see it (issue 11
+//! item 3, issue 12): the SDK path, `model` from `MISTRAL_MODELS`,
+//! `SERVER_SHUTTING_DOWN` on drain, and the bound on what waits for a
+//! browser that stopped reading. A real gateway on 127.0.0.1:0 against the
+//! fake Mistral (`fake_mistral`); each test names the fake's mode.
+
+mod common;
+mod fake_mistral;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chronus_gateway::RunningGateway;
+use common::*;
+use fake_mistral::*;
+use serde_json::json;
+
+const KEY: &str = "mk-TESTKEY-native-7d3f90aa";
+const SDK_PATH: &str = "/api/mistral/v1/audio/transcriptions/realtime";
+
+fn env_for(fake: &FakeMistral) -> HashMap<String, String> {
+    let mut env = base_env("ws://127.0.0.1:9/stream-audio");
+    env.insert("MISTRAL_WS_URL".into(), fake.url());
+    env
+}
+
+async fn store_key(gateway: &RunningGateway, user: &str) {
+    let reply = awc::Client::new()
+        .put(format!(
+            "http://{}/api/settings/api-keys/mistral",
+            gateway.public_addr
+        ))
+        .bearer_auth(token_for(user))
+        .insert_header(("content-type", "application/json"))
+        .send_body(json!({"apiKey": KEY}).to_string())
+        .await
+        .expect("PUT key");
+    assert_eq!(reply.status().as_u16(), 204);
+}
+
+/// A native-proxy client at `path_and_query`, the chronus JWT as its bearer
+/// (what an SDK sends as its "API key").
+async fn native_client(gateway: &RunningGateway, path_and_query: &str, user: &str) -> WsClient {
+    let token = token_for(user);
+    connect(&ws_url(gateway, path_and_query), Auth::Header(&token), None)
+        .await
+        .client
+}
+
+#[actix_rt::test]
+async fn segments_mode_the_sdk_path_is_the_native_proxy() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let gateway = start_gateway(&env_for(&fake)).await;
+    store_key(&gateway, "sdk").await;
+    let mut client = native_client(
+        &gateway,
+        &format!("{SDK_PATH}?model={DEFAULT_MODEL}"),
+        "sdk",
+    )
+    .await;
+    let created = client.json().await;
+    assert_eq!(created["type"], "session.created");
+    let upstream = fake.only_connection();
+    assert_eq!(created, upstream.sent_json()[0], "relayed verbatim");
+    assert_eq!(upstream.model, DEFAULT_MODEL);
+    assert_eq!(
+        upstream.authorization.as_deref(),
+        Some(&*format!("Bearer {KEY}"))
+    );
+    client.close().await;
+    gateway.stop().await;
+}
+
+#[actix_rt::test]
+async fn segments_mode_an_allowed_model_is_the_model_mistral_is_asked_for() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let mut env = env_for(&fake);
+    env.insert(
+        "MISTRAL_MODELS".into(),
+        format!("{DEFAULT_MODEL},voxtral-small-realtime"),
+    );
+    let gateway = start_gateway(&env).await;
+    store_key(&gateway, "picky").await;
+    let mut client = native_client(
+        &gateway,
+        &format!("{SDK_PATH}?model=voxtral-small-realtime"),
+        "picky",
+    )
+    .await;
+    let created = client.json().await;
+    assert_eq!(created["session"]["model"], "voxtral-small-realtime");
+    let upstream = fake.only_connection();
+    assert_eq!(upstream.model, "voxtral-small-realtime");
+    assert!(
+        upstream
+            .path_and_query
+            .ends_with("?model=voxtral-small-realtime"),
+        "{}",
+        upstream.path_and_query
+    );
+    client.close().await;
+    gateway.stop().await;
+}
+
+#[actix_rt::test]
+async fn segments_mode_a_model_not_allowed_is_refused_before_mistral_is_touched() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let gateway = start_gateway(&env_for(&fake)).await;
+    store_key(&gateway, "greedy").await;
+    for path in [SDK_PATH, "/api/mistral/ws"] {
+        let mut client =
+            native_client(&gateway, &format!("{path}?model=voxtral-huge"), "greedy").await;
+        let (messages, close) = client.until_close(Duration::from_secs(5)).await;
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0]["code"], "BAD_MESSAGE");
+        let message = messages[0]["message"].as_str().unwrap();
+        assert!(message.contains("voxtral-huge"), "{message}");
+        assert!(message.contains(DEFAULT_MODEL), "{message}");
+        assert_eq!(close, Some(4400));
+    }
+    assert!(fake.connections().is_empty(), "Mistral was never contacted");
+    gateway.stop().await;
+}
