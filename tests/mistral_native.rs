@@ -121,3 +121,24 @@ async fn segments_mode_a_model_not_allowed_is_refused_before_mistral_is_touched(
     assert!(fake.connections().is_empty(), "Mistral was never contacted");
     gateway.stop().await;
 }
+
+#[actix_rt::test]
+async fn segments_mode_native_sessions_get_server_shutting_down_1012_on_drain() {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let mut env = env_for(&fake);
+    env.insert("SHUTDOWN_GRACE_SECS".into(), "1".into());
+    let gateway = start_gateway(&env).await;
+    store_key(&gateway, "drained").await;
+    let mut client = native_client(&gateway, "/api/mistral/ws", "drained").await;
+    assert_eq!(client.json().await["type"], "session.created");
+    // What SIGTERM runs (RunningGateway::serve_until_signal).
+    let drain = actix_rt::spawn(gateway.drain());
+    let (messages, close) = client.until_close(Duration::from_secs(5)).await;
+    let last = messages.last().expect("a message before the close");
+    assert_eq!(last["code"], "SERVER_SHUTTING_DOWN", "{messages:?}");
+    assert_eq!(last["retryable"], true);
+    assert_eq!(close, Some(1012));
+    let upstream = fake.wait_ended(0).await;
+    assert_eq!(upstream.closed_by_gateway(), Some(Some(1000)));
+    drain.await.unwrap();
+}

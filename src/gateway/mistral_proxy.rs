@@ -112,12 +112,14 @@ enum Upstream {
     Closed,
 }
 
-/// The gateway's own text frame in the native protocol: a token refresh,
-/// `{"type":"auth","token":"…"}`.
+/// A short client text frame, read for the two things the gateway cares
+/// about: its own token refresh `{"type":"auth","token":"…"}` (consumed),
+/// and `input_audio.end` (the session is finishing: a drain waits for it).
 #[derive(Deserialize)]
-struct AuthRefresh {
+struct ShortFrame {
     r#type: String,
-    token: String,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// One native Mistral session: the browser's socket and its own Mistral socket.
@@ -139,6 +141,8 @@ pub struct MistralProxyActor {
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
     closed: bool,
+    /// The client sent `input_audio.end`: Mistral's last events are coming.
+    ending: bool,
     /// Frames relayed to the browser and not yet taken by the server.
     outbound: OutboundQueue,
     _permit: SessionPermit,
@@ -172,6 +176,7 @@ impl MistralProxyActor {
             started: now,
             expiry_timer: None,
             closed: false,
+            ending: false,
             outbound: OutboundQueue::new(taken),
             _permit: admitted.permit,
         }
@@ -211,6 +216,20 @@ impl MistralProxyActor {
         }
         self.pending.clear();
         self.pending_bytes = 0;
+    }
+
+    /// The gateway is shutting down (SIGTERM): like a chronus session, a
+    /// session that sent `input_audio.end` gets the grace period for
+    /// Mistral's last events; every other one is told now.
+    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.ending {
+            let grace = self.state.config.shutdown_grace;
+            ctx.run_later(grace, |act, ctx| {
+                act.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx)
+            });
+        } else {
+            self.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx);
+        }
     }
 
     // ---- toward Mistral -----------------------------------------------------
@@ -292,9 +311,11 @@ impl MistralProxyActor {
                 metrics::CLIENT_TO_GATEWAY.record(text.len());
                 self.last_data = Instant::now();
                 if text.len() < MAX_AUTH_FRAME_BYTES {
-                    if let Ok(AuthRefresh { r#type, token }) = serde_json::from_str(&text) {
-                        if r#type == "auth" {
-                            return self.refresh_token(&token, ctx);
+                    if let Ok(ShortFrame { r#type, token }) = serde_json::from_str(&text) {
+                        match (r#type.as_str(), token) {
+                            ("auth", Some(token)) => return self.refresh_token(&token, ctx),
+                            ("input_audio.end", _) => self.ending = true,
+                            _ => {}
                         }
                     }
                 }
@@ -450,6 +471,15 @@ impl Actor for MistralProxyActor {
         );
         self.schedule_expiry(ctx);
         self.schedule_idle_check(self.state.config.idle_timeout, ctx);
+        let mut shutdown = self.state.shutdown.clone();
+        ctx.spawn(
+            async move {
+                // An error means the gateway itself is gone: drain as well.
+                let _ = shutdown.wait_for(|draining| *draining).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.drain(ctx)),
+        );
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
                 log::info!(
