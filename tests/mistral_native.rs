@@ -13,7 +13,8 @@ use std::time::Duration;
 use chronus_gateway::RunningGateway;
 use common::*;
 use fake_mistral::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "mk-TESTKEY-native-7d3f90aa";
 const SDK_PATH: &str = "/api/mistral/v1/audio/transcriptions/realtime";
@@ -45,6 +46,10 @@ async fn native_client(gateway: &RunningGateway, path_and_query: &str, user: &st
     connect(&ws_url(gateway, path_and_query), Auth::Header(&token), None)
         .await
         .client
+}
+
+async fn mistral_sessions(gateway: &RunningGateway) -> Value {
+    pool_report(gateway).await["mistral"]["sessions"].clone()
 }
 
 #[actix_rt::test]
@@ -141,4 +146,62 @@ async fn segments_mode_native_sessions_get_server_shutting_down_1012_on_drain() 
     let upstream = fake.wait_ended(0).await;
     assert_eq!(upstream.closed_by_gateway(), Some(Some(1000)));
     drain.await.unwrap();
+}
+
+/// A client-to-server binary frame (masked with a zero key, as RFC 6455
+/// allows: the payload stays as is).
+fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 65_536);
+    let mut frame = vec![0x82, 0x80 | 126];
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[actix_rt::test]
+async fn segments_mode_a_native_browser_that_stops_reading_is_cut_off() {
+    // One utterance (three deltas and a segment, ~300 bytes of events) per
+    // sample: 60 kB of audio draws ~4 MB of events toward the browser.
+    let mut options = FakeMistralOptions::new(KEY, Mode::Segments);
+    options.segment_secs = 1e-6;
+    let fake = FakeMistral::start(options);
+    let gateway = start_gateway(&env_for(&fake)).await;
+    store_key(&gateway, "stalled").await;
+
+    // The stalled browser: a tiny receive buffer it never reads from.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut stalled = socket.connect(gateway.public_addr).await.unwrap();
+    let request = format!(
+        "GET /api/mistral/ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gateway.public_addr,
+        token_for("stalled")
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            fake.connections().len() == 1 && mistral_sessions(&gateway).await == 1
+        })
+        .await,
+        "the session opened"
+    );
+    stalled
+        .write_all(&masked_binary_frame(&vec![0u8; 60_000]))
+        .await
+        .unwrap();
+
+    // The gateway gives the session up instead of queueing megabytes.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            mistral_sessions(&gateway).await == 0
+        })
+        .await,
+        "the stalled session was not cut off"
+    );
+    let upstream = fake.wait_ended(0).await;
+    let sent: usize = upstream.sent.iter().map(String::len).sum();
+    assert!(sent > 2 << 20, "the fake sent only {sent} bytes");
+    drop(stalled);
+    gateway.stop().await;
 }

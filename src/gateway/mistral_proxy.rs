@@ -43,7 +43,7 @@ use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::mistral_model::endpoint_for_query;
-use crate::gateway::outbound::{CountedStream, OutboundQueue};
+use crate::gateway::outbound::{detached, CountedStream, OutboundQueue};
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
@@ -102,7 +102,7 @@ pub async fn mistral_ws(
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let frames = ws::WebsocketContext::with_codec(proxy, payload, codec);
     Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
-        .streaming(CountedStream::new(frames, taken)))
+        .streaming(CountedStream::new(detached(frames), taken)))
 }
 
 enum Upstream {
@@ -189,7 +189,11 @@ impl MistralProxyActor {
         if self.closed {
             return;
         }
-        ctx.text(error.envelope(Some(&self.id_text)));
+        let envelope = error.envelope(Some(&self.id_text));
+        if !self.browser_keeps_up(envelope.len(), ctx) {
+            return;
+        }
+        ctx.text(envelope);
         if let Some(code) = error.code.close_code() {
             log::info!(
                 "mistral native {}: closing with {} ({code})",
