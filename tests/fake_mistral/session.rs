@@ -225,18 +225,11 @@ impl Actor for FakeSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let delay = self.shared.opts.session_created_delay;
-        let created = |act: &mut Self, ctx: &mut ws::WebsocketContext<Self>| {
+        ctx.run_later(delay, |act, ctx| {
             let created = json!({"type": "session.created", "session": act.session.to_json()});
             act.send(created, ctx);
             act.arm_idle_timer(ctx);
-        };
-        // Without a delay, at once: frames a client sent right after the
-        // handshake must not be answered before `session.created`.
-        if delay.is_zero() {
-            created(self, ctx);
-        } else {
-            ctx.run_later(delay, created);
-        }
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
