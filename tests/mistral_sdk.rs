@@ -365,8 +365,11 @@ async fn the_python_sdk_fails_fast_on_a_model_the_gateway_does_not_offer() {
         gateway.stop().await;
         return;
     };
-    let (class, _) = run.exception.clone().expect("the SDK raises");
+    let (class, message) = run.exception.clone().expect("the SDK raises");
     assert_eq!(class, "RealtimeTranscriptionWSError", "{run:#?}");
+    // The chronus envelope has no `error.message`, so the SDK cannot show
+    // the gateway's message (which names the models on offer).
+    assert_eq!(message, "Realtime transcription error");
     assert!(fake.connections().is_empty(), "Mistral never contacted");
     gateway.stop().await;
 }
