@@ -100,9 +100,7 @@ async fn the_npm_sdk_reads_the_fake_in_deltas_then_done_mode() {
 
 /// Mode::TrailingDeltas: the short last utterance is deltas and `done.text`
 /// only, after the last segment.
-#[actix_rt::test]
-async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
-    let sdk = Sdk::Python;
+async fn sdk_reads_the_fake_in_trailing_deltas_mode(sdk: Sdk) {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::TrailingDeltas));
     let Some(run) = run(sdk, &scenario(&fake.server_url(), KEY, "transcribe_stream")).await else {
         return;
@@ -130,6 +128,16 @@ async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
     let done = run.of_type("transcription.done");
     assert_eq!(done[0]["text"], full_text(&UTTERANCES));
     assert_eq!(done[0]["segments"].as_array().map(Vec::len), Some(2));
+}
+
+#[actix_rt::test]
+async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
+    sdk_reads_the_fake_in_trailing_deltas_mode(Sdk::Python).await;
+}
+
+#[actix_rt::test]
+async fn the_npm_sdk_reads_the_fake_in_trailing_deltas_mode() {
+    sdk_reads_the_fake_in_trailing_deltas_mode(Sdk::Node).await;
 }
 
 /// "3804 after N s of no audio": what was heard arrives as deltas, then the
