@@ -766,7 +766,10 @@ async fn settings_endpoints_behave(gateway: &RunningGateway, prefix: &str) {
     assert_eq!(token.status, 200);
     assert_eq!(
         token.json(),
-        json!({"websocketUrl": format!("ws://{}/api/mistral/ws", gateway.public_addr)})
+        json!({
+            "websocketUrl": format!("ws://{}/api/mistral/ws", gateway.public_addr),
+            "serverUrl": format!("http://{}/api/mistral", gateway.public_addr),
+        })
     );
 
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -847,6 +850,7 @@ async fn the_token_endpoint_prefers_public_ws_base_url_then_the_forwarded_scheme
         reply["websocketUrl"],
         "wss://chronus.example/api/mistral/ws"
     );
+    assert_eq!(reply["serverUrl"], "https://chronus.example/api/mistral");
     gateway.stop().await;
 
     env.insert(
@@ -864,7 +868,10 @@ async fn the_token_endpoint_prefers_public_ws_base_url_then_the_forwarded_scheme
     .await;
     assert_eq!(
         reply.json(),
-        json!({"websocketUrl": "wss://app.chronus.example/gateway/api/mistral/ws"})
+        json!({
+            "websocketUrl": "wss://app.chronus.example/gateway/api/mistral/ws",
+            "serverUrl": "https://app.chronus.example/gateway/api/mistral",
+        })
     );
     gateway.stop().await;
 }

@@ -610,6 +610,10 @@ impl Handler<ToClient> for ClientActor {
                 end,
             } => self.on_transcript(text, is_final, start, end, ctx),
             UpstreamEvent::Done => self.on_done(ctx),
+            UpstreamEvent::DoneWithTranscript(whole) => {
+                self.transcript = whole;
+                self.on_done(ctx)
+            }
             UpstreamEvent::Notice(notice) => self.report(notice, ctx),
             UpstreamEvent::Failed(error) => {
                 // The upstream already dropped the session.
