@@ -328,6 +328,39 @@ async fn the_python_sdk_gets_deltas_and_the_full_done_text_through_the_native_pr
     gateway.stop().await;
 }
 
+/// "3804 after N s of no audio" through the proxy: the native proxy stays
+/// verbatim (pause survival is for the chronus routes), so the SDK gets
+/// Mistral's error 3804 as its own error model, then a clean end.
+#[actix_rt::test]
+async fn the_npm_sdk_gets_mistrals_3804_verbatim_through_the_native_proxy() {
+    let sdk = Sdk::Node;
+    let fake = FakeMistral::start(FakeMistralOptions {
+        idle_timeout: Some(Duration::from_millis(800)),
+        ..FakeMistralOptions::new(KEY, Mode::Segments)
+    });
+    let (gateway, server_url) = gateway_for(&fake, "pause-user", &[]).await;
+    let jwt = common::token_for("pause-user");
+    let Some(run) = run(sdk, &scenario(&server_url, &jwt, "pause")).await else {
+        gateway.stop().await;
+        return;
+    };
+    assert_parsed_cleanly(sdk, &run);
+    let log = fake.wait_ended(0).await;
+    assert!(log.timed_out);
+    assert_eq!(run.types(), log.sent_types(), "verbatim, error included");
+    assert_eq!(
+        run.events.last().unwrap().event["error"]["code"],
+        IDLE_TIMEOUT_CODE
+    );
+    assert_eq!(run.deltas_text(), full_text(&UTTERANCES));
+    assert_eq!(
+        fake.connections().len(),
+        1,
+        "the proxy opens no second session"
+    );
+    gateway.stop().await;
+}
+
 /// The SDK's `model` travels to Mistral when `MISTRAL_MODELS` offers it.
 #[actix_rt::test]
 async fn the_python_sdk_opens_the_model_it_asks_for_when_mistral_models_offers_it() {
