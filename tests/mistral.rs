@@ -528,7 +528,7 @@ async fn the_native_proxy_relays_text_verbatim_both_ways_and_wraps_binary_audio(
         received, upstream.sent,
         "Mistral's frames come back verbatim"
     );
-    assert!(received[0].contains("session.created"));
+    assert!(received[0].contains("session.created"), "{received:?}");
 
     assert_eq!(
         upstream.authorization.as_deref(),

@@ -20,90 +20,9 @@ mod sdk_clients;
 use std::time::Duration;
 
 use fake_mistral::*;
-use sdk_clients::{run, Sdk, SdkRun};
+use sdk_clients::expect::*;
+use sdk_clients::{run, Sdk};
 use serde_json::{json, Value};
-
-/// A Mistral key as the tests store it.
-const KEY: &str = "mk-SDKTEST-93c1e0f4b2a87d65";
-/// 1.25 s of 16 kHz s16le: utterances of 0.5 s, 0.5 s and a short 0.25 s.
-const AUDIO_BYTES: usize = 40_000;
-const UTTERANCES: [usize; 3] = [16_000, 16_000, 8_000];
-
-/// What an SDK program is asked to do (tests/sdk/realtime_client.py).
-fn scenario(server_url: &str, api_key: &str, flow: &str) -> Value {
-    json!({
-        "server_url": server_url,
-        "api_key": api_key,
-        "model": DEFAULT_MODEL,
-        "encoding": "pcm_s16le",
-        "sample_rate": 16000,
-        "audio_bytes": AUDIO_BYTES,
-        "chunk_bytes": 4096,
-        "flow": flow,
-    })
-}
-
-/// A field of the SDK's session model: snake_case in Python, camelCase in
-/// the npm SDK's model.
-fn session_field<'a>(session: &'a Value, snake: &str, camel: &str) -> &'a Value {
-    session
-        .get(snake)
-        .or_else(|| session.get(camel))
-        .unwrap_or(&Value::Null)
-}
-
-fn texts(events: &[&Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-/// What every run against a faithful peer shows: no exception, every event
-/// parsed as the SDK's own model, `session.created` first with the session
-/// the fake announced.
-fn assert_parsed_cleanly(sdk: Sdk, run: &SdkRun) {
-    assert_eq!(run.exception, None, "{sdk:?}: {run:#?}");
-    assert!(
-        run.unknown().is_empty(),
-        "{sdk:?} could not parse: {:#?}",
-        run.unknown()
-    );
-    assert_eq!(run.types().first(), Some(&"session.created"), "{sdk:?}");
-    let created = &run.events[0].event["session"];
-    assert_eq!(created["model"], DEFAULT_MODEL, "{sdk:?}");
-    assert!(session_field(created, "request_id", "requestId").is_string());
-}
-
-/// The SDK's view of the session after `session.updated`: the applied one.
-fn assert_session_updated_to_s16le(sdk: Sdk, run: &SdkRun) {
-    let updated = run.of_type("session.updated");
-    assert_eq!(updated.len(), 1, "{sdk:?}: {:?}", run.types());
-    let format = session_field(&updated[0]["session"], "audio_format", "audioFormat");
-    assert_eq!(format["encoding"], "pcm_s16le", "{sdk:?}");
-    assert_eq!(
-        session_field(format, "sample_rate", "sampleRate"),
-        16000,
-        "{sdk:?}"
-    );
-    assert_eq!(updated[0]["session"]["model"], DEFAULT_MODEL);
-}
-
-/// The SDK's own `session.update` arrived at `log`'s end byte for byte.
-fn assert_update_arrived_intact(sdk: Sdk, run: &SdkRun, log: &ConnectionLog) {
-    let sent = run.sent_session_updates();
-    assert_eq!(sent.len(), 1, "{sdk:?}: {:?}", run.sdk_sent);
-    assert_eq!(
-        log.received.first(),
-        Some(&Upstreamed::Text(sent[0].to_owned())),
-        "{sdk:?}: its session.update reaches Mistral intact"
-    );
-    assert_eq!(
-        log.session_updates()[0],
-        json!({"type": "session.update", "session": {"audio_format": {"encoding": "pcm_s16le", "sample_rate": 16000}}}),
-        "{sdk:?}"
-    );
-}
 
 // ---- the SDKs judge the fake, mode by mode -----------------------------------
 
@@ -181,9 +100,7 @@ async fn the_npm_sdk_reads_the_fake_in_deltas_then_done_mode() {
 
 /// Mode::TrailingDeltas: the short last utterance is deltas and `done.text`
 /// only, after the last segment.
-#[actix_rt::test]
-async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
-    let sdk = Sdk::Python;
+async fn sdk_reads_the_fake_in_trailing_deltas_mode(sdk: Sdk) {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::TrailingDeltas));
     let Some(run) = run(sdk, &scenario(&fake.server_url(), KEY, "transcribe_stream")).await else {
         return;
@@ -211,6 +128,16 @@ async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
     let done = run.of_type("transcription.done");
     assert_eq!(done[0]["text"], full_text(&UTTERANCES));
     assert_eq!(done[0]["segments"].as_array().map(Vec::len), Some(2));
+}
+
+#[actix_rt::test]
+async fn the_python_sdk_reads_the_fake_in_trailing_deltas_mode() {
+    sdk_reads_the_fake_in_trailing_deltas_mode(Sdk::Python).await;
+}
+
+#[actix_rt::test]
+async fn the_npm_sdk_reads_the_fake_in_trailing_deltas_mode() {
+    sdk_reads_the_fake_in_trailing_deltas_mode(Sdk::Node).await;
 }
 
 /// "3804 after N s of no audio": what was heard arrives as deltas, then the
@@ -283,4 +210,207 @@ async fn the_python_sdk_is_refused_a_session_change_after_audio() {
 #[actix_rt::test]
 async fn the_npm_sdk_is_refused_a_session_change_after_audio() {
     sdk_is_refused_a_session_change_after_audio(Sdk::Node).await;
+}
+
+// ---- the SDKs through the gateway's native proxy -----------------------------
+
+/// A gateway whose Mistral is `fake`, and the server URL the SDK gets from
+/// `/api/mistral/token` for `user`, whose key `KEY` is stored.
+async fn gateway_for(
+    fake: &FakeMistral,
+    user: &str,
+    extra_env: &[(&str, &str)],
+) -> (chronus_gateway::RunningGateway, String) {
+    let mut env = common::base_env("ws://127.0.0.1:9/stream-audio");
+    env.insert("MISTRAL_WS_URL".into(), fake.url());
+    for (name, value) in extra_env {
+        env.insert((*name).into(), (*value).into());
+    }
+    let gateway = common::start_gateway(&env).await;
+    let base = format!("http://{}", gateway.public_addr);
+    let token = common::token_for(user);
+    let stored = awc::Client::new()
+        .put(format!("{base}/api/settings/api-keys/mistral"))
+        .bearer_auth(&token)
+        .send_json(&json!({"apiKey": KEY}))
+        .await
+        .expect("PUT the key");
+    assert_eq!(stored.status(), 204);
+    let mut answer = awc::Client::new()
+        .get(format!("{base}/api/mistral/token"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /api/mistral/token");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("token JSON");
+    let server_url = body["serverUrl"].as_str().expect("serverUrl").to_owned();
+    assert_eq!(server_url, format!("{base}/api/mistral"));
+    (gateway, server_url)
+}
+
+/// The SDK, given the gateway's server URL and the chronus JWT as its API
+/// key, transcribes through the native proxy as if it spoke to Mistral.
+async fn sdk_transcribes_through_the_native_proxy(sdk: Sdk) {
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let (gateway, server_url) = gateway_for(&fake, "sdk-user", &[]).await;
+    let jwt = common::token_for("sdk-user");
+    let Some(run) = run(sdk, &scenario(&server_url, &jwt, "transcribe_stream")).await else {
+        gateway.stop().await;
+        return;
+    };
+    let log = fake.wait_ended(0).await;
+
+    assert_parsed_cleanly(sdk, &run);
+    assert_session_updated_to_s16le(sdk, &run);
+    assert_update_arrived_intact(sdk, &run, &log);
+    assert_eq!(
+        log.authorization.as_deref(),
+        Some(&*format!("Bearer {KEY}")),
+        "{sdk:?}: the user's stored key reaches Mistral, not the JWT"
+    );
+    assert_eq!(
+        log.path_and_query,
+        format!("{REALTIME_PATH}?model={DEFAULT_MODEL}")
+    );
+    assert_eq!(
+        run.types(),
+        log.sent_types(),
+        "{sdk:?} receives every event Mistral sent"
+    );
+    let sent_segments: Vec<Value> = log
+        .sent_json()
+        .into_iter()
+        .filter(|e| e["type"] == "transcription.segment")
+        .collect();
+    assert_eq!(sent_segments.len(), 3);
+    assert_eq!(
+        texts(&run.of_type("transcription.segment")),
+        texts(&sent_segments.iter().collect::<Vec<_>>())
+    );
+    let done = run.of_type("transcription.done");
+    assert_eq!(done.len(), 1, "{sdk:?}: {:?}", run.types());
+    assert_eq!(done[0]["text"], full_text(&UTTERANCES));
+    let appended: usize = log.appends().iter().map(Vec::len).sum();
+    assert_eq!(appended, AUDIO_BYTES, "every audio byte reached Mistral");
+    gateway.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_python_sdk_transcribes_through_the_native_proxy_with_the_stored_key() {
+    sdk_transcribes_through_the_native_proxy(Sdk::Python).await;
+}
+
+#[actix_rt::test]
+async fn the_npm_sdk_transcribes_through_the_native_proxy_with_the_stored_key() {
+    sdk_transcribes_through_the_native_proxy(Sdk::Node).await;
+}
+
+/// Mode::DeltasThenDone through the proxy: the SDK gets Mistral's documented
+/// flow verbatim, the whole text in `done`.
+#[actix_rt::test]
+async fn the_python_sdk_gets_deltas_and_the_full_done_text_through_the_native_proxy() {
+    let sdk = Sdk::Python;
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::DeltasThenDone));
+    let (gateway, server_url) = gateway_for(&fake, "deltas-user", &[]).await;
+    let jwt = common::token_for("deltas-user");
+    let Some(run) = run(sdk, &scenario(&server_url, &jwt, "transcribe_stream")).await else {
+        gateway.stop().await;
+        return;
+    };
+    assert_parsed_cleanly(sdk, &run);
+    assert!(run.of_type("transcription.segment").is_empty());
+    assert_eq!(run.deltas_text(), full_text(&UTTERANCES));
+    assert_eq!(
+        run.of_type("transcription.done")[0]["text"],
+        full_text(&UTTERANCES)
+    );
+    gateway.stop().await;
+}
+
+/// "3804 after N s of no audio" through the proxy: the native proxy stays
+/// verbatim (pause survival is for the chronus routes), so the SDK gets
+/// Mistral's error 3804 as its own error model, then a clean end.
+#[actix_rt::test]
+async fn the_npm_sdk_gets_mistrals_3804_verbatim_through_the_native_proxy() {
+    let sdk = Sdk::Node;
+    let fake = FakeMistral::start(FakeMistralOptions {
+        idle_timeout: Some(Duration::from_millis(800)),
+        ..FakeMistralOptions::new(KEY, Mode::Segments)
+    });
+    let (gateway, server_url) = gateway_for(&fake, "pause-user", &[]).await;
+    let jwt = common::token_for("pause-user");
+    let Some(run) = run(sdk, &scenario(&server_url, &jwt, "pause")).await else {
+        gateway.stop().await;
+        return;
+    };
+    assert_parsed_cleanly(sdk, &run);
+    let log = fake.wait_ended(0).await;
+    assert!(log.timed_out);
+    assert_eq!(run.types(), log.sent_types(), "verbatim, error included");
+    assert_eq!(
+        run.events.last().unwrap().event["error"]["code"],
+        IDLE_TIMEOUT_CODE
+    );
+    assert_eq!(run.deltas_text(), full_text(&UTTERANCES));
+    assert_eq!(
+        fake.connections().len(),
+        1,
+        "the proxy opens no second session"
+    );
+    gateway.stop().await;
+}
+
+/// The SDK's `model` travels to Mistral when `MISTRAL_MODELS` offers it.
+#[actix_rt::test]
+async fn the_python_sdk_opens_the_model_it_asks_for_when_mistral_models_offers_it() {
+    let sdk = Sdk::Python;
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let models = format!("{DEFAULT_MODEL},voxtral-other-model");
+    let (gateway, server_url) =
+        gateway_for(&fake, "model-user", &[("MISTRAL_MODELS", &models)]).await;
+    let mut scenario = scenario(
+        &server_url,
+        &common::token_for("model-user"),
+        "transcribe_stream",
+    );
+    scenario["model"] = json!("voxtral-other-model");
+    let Some(run) = run(sdk, &scenario).await else {
+        gateway.stop().await;
+        return;
+    };
+    assert_eq!(run.exception, None, "{run:#?}");
+    assert_eq!(
+        run.events[0].event["session"]["model"],
+        "voxtral-other-model"
+    );
+    assert_eq!(fake.wait_ended(0).await.model, "voxtral-other-model");
+    gateway.stop().await;
+}
+
+/// A model the gateway does not offer: the SDK fails at once (it cannot
+/// read the chronus envelope as Mistral's error, so it raises its generic
+/// handshake error), and Mistral is never contacted.
+#[actix_rt::test]
+async fn the_python_sdk_fails_fast_on_a_model_the_gateway_does_not_offer() {
+    let sdk = Sdk::Python;
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
+    let (gateway, server_url) = gateway_for(&fake, "bad-model-user", &[]).await;
+    let mut scenario = scenario(
+        &server_url,
+        &common::token_for("bad-model-user"),
+        "transcribe_stream",
+    );
+    scenario["model"] = json!("not-a-voxtral-model");
+    let Some(run) = run(sdk, &scenario).await else {
+        gateway.stop().await;
+        return;
+    };
+    let (class, message) = run.exception.clone().expect("the SDK raises");
+    assert_eq!(class, "RealtimeTranscriptionWSError", "{run:#?}");
+    // The chronus envelope has no `error.message`, so the SDK cannot show
+    // the gateway's message (which names the models on offer).
+    assert_eq!(message, "Realtime transcription error");
+    assert!(fake.connections().is_empty(), "Mistral never contacted");
+    gateway.stop().await;
 }

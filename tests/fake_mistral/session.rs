@@ -133,6 +133,13 @@ impl FakeSession {
         self.end_session(ws::CloseCode::Normal, ctx);
     }
 
+    /// `session.created`, and the idle timer starts.
+    fn announce(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let created = json!({"type": "session.created", "session": self.session.to_json()});
+        self.send(created, ctx);
+        self.arm_idle_timer(ctx);
+    }
+
     fn on_session_update(&mut self, event: &Value, ctx: &mut ws::WebsocketContext<Self>) {
         let next = match self.session.updated(&event["session"]) {
             Ok(next) => next,
@@ -225,11 +232,13 @@ impl Actor for FakeSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let delay = self.shared.opts.session_created_delay;
-        ctx.run_later(delay, |act, ctx| {
-            let created = json!({"type": "session.created", "session": act.session.to_json()});
-            act.send(created, ctx);
-            act.arm_idle_timer(ctx);
-        });
+        if delay.is_zero() {
+            // At once: frames the client sent with the handshake must find
+            // the session created, as on Mistral.
+            self.announce(ctx);
+        } else {
+            ctx.run_later(delay, |act, ctx| act.announce(ctx));
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

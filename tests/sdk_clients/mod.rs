@@ -7,6 +7,8 @@
 //! outside CI, and only with `SKIP_SDK_TESTS=1`, is it skipped (loudly).
 #![allow(dead_code)]
 
+pub mod expect;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
