@@ -610,15 +610,16 @@ impl Handler<ToClient> for ClientActor {
                 end,
             } => self.on_transcript(text, is_final, start, end, ctx),
             UpstreamEvent::Done => self.on_done(ctx),
-            UpstreamEvent::DoneWithTranscript(whole) => {
-                self.transcript = whole;
-                self.on_done(ctx)
-            }
             UpstreamEvent::Notice(notice) => self.report(notice, ctx),
             UpstreamEvent::Failed(error) => {
                 // The upstream already dropped the session.
                 self.upstream = None;
                 self.on_failed(error, ctx);
+            }
+            UpstreamEvent::DoneWithTranscript(whole) => {
+                // The upstream knows the whole text (Mistral's done.text).
+                self.transcript = whole;
+                self.on_done(ctx)
             }
         }
         metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());

@@ -42,8 +42,7 @@ use crate::gateway::admission::{
 use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
-use crate::gateway::mistral_model::endpoint_for_query;
-use crate::gateway::outbound::{detached, CountedStream, OutboundQueue};
+use crate::gateway::outbound::{CountedStream, OutboundQueue};
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
@@ -53,6 +52,9 @@ use crate::upstream::mistral::{
 };
 use crate::upstream::mistral_sessions::MistralSessionGuard;
 use crate::upstream::socket::{message_len, SocketWriter};
+
+use crate::gateway::mistral_model::endpoint_for_query;
+use crate::gateway::outbound::detached;
 
 /// The gateway pings both sides this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
