@@ -452,6 +452,19 @@ mod tests {
     }
 
     #[test]
+    fn mistral_models_default_to_the_model_of_mistral_ws_url() {
+        let cfg = Config::from_map(&base()).unwrap();
+        assert_eq!(
+            cfg.mistral_models,
+            vec!["voxtral-mini-transcribe-realtime-2602"]
+        );
+        let mut map = base();
+        map.insert("MISTRAL_MODELS".into(), " a-model, b-model ,".into());
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(cfg.mistral_models, vec!["a-model", "b-model"]);
+    }
+
+    #[test]
     fn defaults_are_loopback_and_mux() {
         let cfg = Config::from_map(&base()).unwrap();
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8080");
@@ -538,18 +551,5 @@ mod tests {
             cfg.thoth_ws_urls,
             vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
         );
-    }
-
-    #[test]
-    fn mistral_models_default_to_the_model_of_mistral_ws_url() {
-        let cfg = Config::from_map(&base()).unwrap();
-        assert_eq!(
-            cfg.mistral_models,
-            vec!["voxtral-mini-transcribe-realtime-2602"]
-        );
-        let mut map = base();
-        map.insert("MISTRAL_MODELS".into(), " a-model, b-model ,".into());
-        let cfg = Config::from_map(&map).unwrap();
-        assert_eq!(cfg.mistral_models, vec!["a-model", "b-model"]);
     }
 }
