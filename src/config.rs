@@ -452,19 +452,6 @@ mod tests {
     }
 
     #[test]
-    fn mistral_models_default_to_the_model_of_mistral_ws_url() {
-        let cfg = Config::from_map(&base()).unwrap();
-        assert_eq!(
-            cfg.mistral_models,
-            vec!["voxtral-mini-transcribe-realtime-2602"]
-        );
-        let mut map = base();
-        map.insert("MISTRAL_MODELS".into(), " a-model, b-model ,".into());
-        let cfg = Config::from_map(&map).unwrap();
-        assert_eq!(cfg.mistral_models, vec!["a-model", "b-model"]);
-    }
-
-    #[test]
     fn defaults_are_loopback_and_mux() {
         let cfg = Config::from_map(&base()).unwrap();
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8080");
@@ -484,6 +471,19 @@ mod tests {
         map.remove("JWT_SECRET");
         let err = Config::from_map(&map).unwrap_err();
         assert_eq!(err.var, "JWT_SECRET");
+    }
+
+    #[test]
+    fn mistral_models_default_to_the_model_of_mistral_ws_url() {
+        let cfg = Config::from_map(&base()).unwrap();
+        assert_eq!(
+            cfg.mistral_models,
+            vec!["voxtral-mini-transcribe-realtime-2602"]
+        );
+        let mut map = base();
+        map.insert("MISTRAL_MODELS".into(), " a-model, b-model ,".into());
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(cfg.mistral_models, vec!["a-model", "b-model"]);
     }
 
     #[test]
