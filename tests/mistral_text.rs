@@ -287,3 +287,36 @@ async fn segments_mode_an_error_other_than_3804_still_ends_the_session_with_mist
     );
     gateway.stop().await;
 }
+
+#[actix_rt::test]
+async fn idle_timeout_mode_end_right_after_new_audio_waits_for_the_fresh_session() {
+    // Mode "segments" with "3804 after 1 s of no audio": the audio after the
+    // pause and `end` both arrive while the fresh Mistral session opens.
+    let fake = idle_timing_fake(Mode::Segments, Duration::from_secs(1));
+    let gateway = gateway_with_key(&fake, "hurried").await;
+    let mut client = ready_session(&gateway, "hurried").await;
+    send_audio(&mut client, 0.5).await;
+    wait_timed_out(&fake, 0).await;
+    send_audio(&mut client, 0.5).await;
+    client.send_json(json!({"type": "end"})).await;
+    let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+    assert!(of_type(&messages, "error").is_empty(), "{messages:?}");
+    let finals = of_type(&messages, "transcription");
+    assert_eq!(
+        texts(&finals),
+        [segment_text(0, 32_000), segment_text(0, 32_000)]
+    );
+    assert_eq!(finals[1]["start"].as_f64(), Some(0.5));
+    assert_eq!(
+        messages.last().unwrap()["data"],
+        format!("{} {}", segment_text(0, 32_000), fake_done_text(&fake, 1))
+    );
+    assert_eq!(close, Some(1000));
+    let second = fake.wait_ended(1).await;
+    let types = second.types();
+    assert_eq!(
+        types[types.len() - 2..],
+        ["input_audio.flush", "input_audio.end"]
+    );
+    gateway.stop().await;
+}
