@@ -152,6 +152,9 @@ pub struct Config {
     pub thoth_retry_base: Duration,
     pub legacy_flush_grace: Duration,
     pub mistral_ws_url: String,
+    /// Models the native proxy may open (`MISTRAL_MODELS`, comma-separated;
+    /// default: the `model` of `MISTRAL_WS_URL`).
+    pub mistral_models: Vec<String>,
     /// `None`: every Origin is accepted.
     pub allowed_origins: Option<Vec<String>>,
     pub max_sessions: usize,
@@ -191,6 +194,7 @@ impl fmt::Debug for Config {
                 "mistral_ws_url",
                 &crate::redact::redact(&self.mistral_ws_url),
             )
+            .field("mistral_models", &self.mistral_models)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_user", &self.max_sessions_per_user)
@@ -286,6 +290,7 @@ impl Config {
             .get("MISTRAL_WS_URL")
             .unwrap_or_else(|| DEFAULT_MISTRAL_WS_URL.to_string());
         check_ws_url("MISTRAL_WS_URL", &mistral_ws_url)?;
+        let mistral_models = read_mistral_models(&vars, &mistral_ws_url);
 
         let allowed_origins = vars.get("ALLOWED_ORIGINS").map(|list| {
             list.split(',')
@@ -335,6 +340,7 @@ impl Config {
             thoth_retry_base: vars.millis("THOTH_RETRY_BASE_MS", 250)?,
             legacy_flush_grace: vars.millis("LEGACY_FLUSH_GRACE_MS", 1500)?,
             mistral_ws_url,
+            mistral_models,
             allowed_origins,
             max_sessions: vars.parsed("MAX_SESSIONS", 10_000)?,
             max_sessions_per_user: vars.parsed("MAX_SESSIONS_PER_USER", 5)?,
@@ -467,6 +473,29 @@ fn read_previous_keys(vars: &Vars<'_>) -> Result<Vec<(u32, SecretString)>, Confi
         .collect()
 }
 
+/// The `model` query parameter of a Mistral URL, if it has one.
+pub fn model_of_url(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    let model = url
+        .query_pairs()
+        .find(|(name, _)| name == "model")
+        .map(|(_, value)| value.into_owned());
+    model.filter(|m| !m.is_empty())
+}
+
+/// `MISTRAL_MODELS`, or the model `MISTRAL_WS_URL` names when it is unset
+/// (none when it names none: then only requests without a `model` pass).
+fn read_mistral_models(vars: &Vars, mistral_ws_url: &str) -> Vec<String> {
+    match vars.get("MISTRAL_MODELS") {
+        Some(list) => list
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect(),
+        None => model_of_url(mistral_ws_url).into_iter().collect(),
+    }
+}
+
 fn check_ws_url(var: &'static str, raw: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(raw).map_err(|e| ConfigError::new(var, format!("not a URL: {e}")))?;
     match url.scheme() {
@@ -551,6 +580,19 @@ mod tests {
         map.remove("JWT_SECRET");
         let err = Config::from_map(&map).unwrap_err();
         assert_eq!(err.var, "JWT_SECRET");
+    }
+
+    #[test]
+    fn mistral_models_default_to_the_model_of_mistral_ws_url() {
+        let cfg = Config::from_map(&base()).unwrap();
+        assert_eq!(
+            cfg.mistral_models,
+            vec!["voxtral-mini-transcribe-realtime-2602"]
+        );
+        let mut map = base();
+        map.insert("MISTRAL_MODELS".into(), " a-model, b-model ,".into());
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(cfg.mistral_models, vec!["a-model", "b-model"]);
     }
 
     #[test]

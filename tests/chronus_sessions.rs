@@ -185,7 +185,7 @@ async fn store_key(gateway: &RunningGateway, user: &str) {
 #[actix_rt::test]
 async fn max_session_secs_ends_sessions_with_session_expired_4408_on_every_route() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_with_fake_mistral(&thoth, &fake)).await;
     store_key(&gateway, "7").await;
     // A long-lived token: the cap, not `exp`, ends these sessions.
@@ -219,7 +219,7 @@ async fn max_session_secs_ends_sessions_with_session_expired_4408_on_every_route
 #[actix_rt::test]
 async fn mistral_results_carry_text_beside_data_too() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_with_fake_mistral(&thoth, &fake);
     env.remove("MAX_SESSION_SECS");
     let gateway = start_gateway(&env).await;

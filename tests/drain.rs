@@ -1,6 +1,7 @@
 //! Graceful drain, with a real SIGTERM to a real gateway process.
 
 mod common;
+mod fake_mistral;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
 use common::process::GatewayProcess;
 use common::*;
+use fake_mistral::{FakeMistral, FakeMistralOptions, Mode};
 use serde_json::json;
 
 #[actix_rt::test]
@@ -79,4 +81,51 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
     );
     thoth_a.stop();
     thoth_b.stop();
+}
+
+#[actix_rt::test]
+async fn sigterm_tells_native_mistral_sessions_server_shutting_down() {
+    // Fake Mistral in mode "segments"; the native proxy's session is open.
+    let key = "mk-TESTKEY-drain-51c0";
+    let fake = FakeMistral::start(FakeMistralOptions::new(key, Mode::Segments));
+    let mut env = base_env("ws://127.0.0.1:9/stream-audio");
+    env.insert("MISTRAL_WS_URL".into(), fake.url());
+    env.insert("SHUTDOWN_GRACE_SECS".into(), "2".into());
+    env.insert("RUST_LOG".into(), "info".into());
+    let mut gateway = GatewayProcess::start(&env);
+    let public_addr = gateway.public_addr.clone();
+    let token = token_for("native");
+    let stored = awc::Client::new()
+        .put(format!(
+            "http://{public_addr}/api/settings/api-keys/mistral"
+        ))
+        .bearer_auth(&token)
+        .insert_header(("content-type", "application/json"))
+        .send_body(json!({"apiKey": key}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(stored.status().as_u16(), 204);
+    let url = format!("ws://{public_addr}/api/mistral/ws");
+    let mut native = connect(&url, Auth::Header(&token), None).await.client;
+    assert_eq!(native.json().await["type"], "session.created");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (messages, close) = native.until_close(Duration::from_secs(5)).await;
+    let last = messages.last().expect("a message before the close");
+    assert_eq!(last["code"], "SERVER_SHUTTING_DOWN", "{messages:?}");
+    assert_eq!(close, Some(1012));
+    let upstream = fake.wait_ended(0).await;
+    assert_eq!(upstream.closed_by_gateway(), Some(Some(1000)));
+    let started = Instant::now();
+    while gateway.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -229,7 +229,7 @@ async fn mistral_pool(gateway: &RunningGateway) -> Value {
 
 #[actix_rt::test]
 async fn a_stored_key_reaches_mistral_as_bearer_and_transcriptions_come_back_mapped() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     assert_eq!(put_key(&gateway, "alice", KEY).await.status, 204);
 
@@ -307,7 +307,7 @@ async fn a_stored_key_reaches_mistral_as_bearer_and_transcriptions_come_back_map
 
 #[actix_rt::test]
 async fn s16le_sessions_announce_their_encoding_and_sample_rate_to_mistral() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "sam", KEY).await;
     let mut client = chronus_session(&gateway, "sam", "&encoding=s16le&sampleRate=24000").await;
@@ -328,7 +328,7 @@ async fn s16le_sessions_announce_their_encoding_and_sample_rate_to_mistral() {
 
 #[actix_rt::test]
 async fn no_stored_key_is_no_api_key_on_both_websockets_and_400_on_the_token_endpoint() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     let token = token_for("keyless");
     for path in [TRANSCRIBE_MISTRAL, NATIVE] {
@@ -361,7 +361,7 @@ async fn no_stored_key_is_no_api_key_on_both_websockets_and_400_on_the_token_end
 
 #[actix_rt::test]
 async fn a_key_mistral_refuses_is_auth_failed_at_once_on_both_websockets() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "mallory", "mk-revoked-key-000").await;
     let token = token_for("mallory");
@@ -396,7 +396,7 @@ async fn a_key_mistral_refuses_is_auth_failed_at_once_on_both_websockets() {
 async fn a_mistral_error_event_is_mistral_error_with_its_upstream_code() {
     let fake = FakeMistral::start(FakeMistralOptions {
         error_code: Some(3001),
-        ..FakeMistralOptions::new(KEY)
+        ..FakeMistralOptions::new(KEY, Mode::Segments)
     });
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "erin", KEY).await;
@@ -454,7 +454,7 @@ async fn an_unreachable_mistral_is_mistral_unavailable_after_three_retries() {
 async fn audio_sent_before_session_created_arrives_intact_and_in_order() {
     let fake = FakeMistral::start(FakeMistralOptions {
         session_created_delay: Duration::from_millis(800),
-        ..FakeMistralOptions::new(KEY)
+        ..FakeMistralOptions::new(KEY, Mode::Segments)
     });
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "eager", KEY).await;
@@ -482,7 +482,7 @@ async fn audio_sent_before_session_created_arrives_intact_and_in_order() {
 
 #[actix_rt::test]
 async fn a_chunk_larger_than_262144_bytes_is_split_on_sample_boundaries() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_for(&fake);
     env.insert("MAX_FRAME_BYTES".into(), "1048576".into());
     let gateway = start_gateway(&env).await;
@@ -509,7 +509,7 @@ async fn the_native_proxy_relays_text_verbatim_both_ways_and_wraps_binary_audio(
     // sent before its socket is open, and must be held, not dropped.
     let fake = FakeMistral::start(FakeMistralOptions {
         accept_delay: Duration::from_millis(500),
-        ..FakeMistralOptions::new(KEY)
+        ..FakeMistralOptions::new(KEY, Mode::Segments)
     });
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "native", KEY).await;
@@ -528,7 +528,7 @@ async fn the_native_proxy_relays_text_verbatim_both_ways_and_wraps_binary_audio(
         received, upstream.sent,
         "Mistral's frames come back verbatim"
     );
-    assert!(received[0].contains("session.created"));
+    assert!(received[0].contains("session.created"), "{received:?}");
 
     assert_eq!(
         upstream.authorization.as_deref(),
@@ -558,7 +558,7 @@ async fn the_native_proxy_relays_text_verbatim_both_ways_and_wraps_binary_audio(
 
 #[actix_rt::test]
 async fn the_native_proxy_refuses_plain_http_and_missing_tokens_before_mistral_is_touched() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "someone", KEY).await;
     let plain = call(
@@ -582,7 +582,7 @@ async fn the_native_proxy_refuses_plain_http_and_missing_tokens_before_mistral_i
 
 #[actix_rt::test]
 async fn the_native_proxy_reports_a_frame_over_max_frame_bytes_in_the_chronus_envelope() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_for(&fake);
     env.insert("MAX_FRAME_BYTES".into(), "65536".into());
     let gateway = start_gateway(&env).await;
@@ -604,7 +604,7 @@ async fn the_native_proxy_reports_a_frame_over_max_frame_bytes_in_the_chronus_en
 
 #[actix_rt::test]
 async fn max_sessions_per_user_applies_to_mistral_sessions() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_for(&fake);
     env.insert("MAX_SESSIONS_PER_USER".into(), "1".into());
     let gateway = start_gateway(&env).await;
@@ -646,7 +646,7 @@ async fn max_sessions_per_user_applies_to_mistral_sessions() {
 
 #[actix_rt::test]
 async fn per_user_mistral_session_counts_show_in_the_pool_json_and_fall_when_clients_leave() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     put_key(&gateway, "alice", KEY).await;
     put_key(&gateway, "bob", KEY).await;
@@ -766,7 +766,10 @@ async fn settings_endpoints_behave(gateway: &RunningGateway, prefix: &str) {
     assert_eq!(token.status, 200);
     assert_eq!(
         token.json(),
-        json!({"websocketUrl": format!("ws://{}/api/mistral/ws", gateway.public_addr)})
+        json!({
+            "websocketUrl": format!("ws://{}/api/mistral/ws", gateway.public_addr),
+            "serverUrl": format!("http://{}/api/mistral", gateway.public_addr),
+        })
     );
 
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -820,7 +823,7 @@ async fn settings_endpoints_behave(gateway: &RunningGateway, prefix: &str) {
 
 #[actix_rt::test]
 async fn settings_endpoints_store_list_replace_and_delete_a_key_without_returning_it() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
     settings_endpoints_behave(&gateway, "sqlite").await;
     gateway.stop().await;
@@ -828,7 +831,7 @@ async fn settings_endpoints_store_list_replace_and_delete_a_key_without_returnin
 
 #[actix_rt::test]
 async fn the_token_endpoint_prefers_public_ws_base_url_then_the_forwarded_scheme() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_for(&fake);
     let gateway = start_gateway(&env).await;
     put_key(&gateway, "fwd", KEY).await;
@@ -847,6 +850,7 @@ async fn the_token_endpoint_prefers_public_ws_base_url_then_the_forwarded_scheme
         reply["websocketUrl"],
         "wss://chronus.example/api/mistral/ws"
     );
+    assert_eq!(reply["serverUrl"], "https://chronus.example/api/mistral");
     gateway.stop().await;
 
     env.insert(
@@ -864,7 +868,10 @@ async fn the_token_endpoint_prefers_public_ws_base_url_then_the_forwarded_scheme
     .await;
     assert_eq!(
         reply.json(),
-        json!({"websocketUrl": "wss://app.chronus.example/gateway/api/mistral/ws"})
+        json!({
+            "websocketUrl": "wss://app.chronus.example/gateway/api/mistral/ws",
+            "serverUrl": "https://app.chronus.example/gateway/api/mistral",
+        })
     );
     gateway.stop().await;
 }
@@ -894,7 +901,7 @@ async fn settings_endpoints_and_a_mistral_session_work_on_postgresql() {
     let Some(database_url) = pg_url() else {
         return;
     };
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let mut env = env_for(&fake);
     env.insert("DATABASE_URL".into(), database_url);
     let gateway = start_gateway(&env).await;
@@ -991,7 +998,7 @@ impl GatewayProcess {
 
 #[actix_rt::test]
 async fn the_raw_key_never_appears_in_responses_the_sqlite_file_or_the_logs() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let dir = std::env::temp_dir().join(format!("chronus-leak-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("gateway.db");
@@ -1089,7 +1096,7 @@ fn reencrypt_keys(env: &HashMap<String, String>, dir: &std::path::Path) -> Strin
 #[actix_rt::test]
 async fn after_a_key_rotation_reencrypt_keys_moves_stored_keys_to_the_new_encryption_key() {
     const NEW_ENCRYPTION_KEY: &str = "bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE=";
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let dir = std::env::temp_dir().join(format!("chronus-rotate-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut env = env_for(&fake);
@@ -1133,7 +1140,7 @@ async fn after_a_key_rotation_reencrypt_keys_moves_stored_keys_to_the_new_encryp
 
 #[actix_rt::test]
 async fn the_demo_stores_its_mistral_key_and_serves_provider_mistral() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let dir = std::env::temp_dir().join(format!("chronus-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new(gateway_binary())

@@ -654,6 +654,11 @@ impl Handler<ToClient> for ClientActor {
                 self.upstream = None;
                 self.on_failed(error, ctx);
             }
+            UpstreamEvent::DoneWithTranscript(whole) => {
+                // The upstream knows the whole text (Mistral's done.text).
+                self.transcript = whole;
+                self.on_done(ctx)
+            }
         }
         metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());
     }

@@ -1,5 +1,8 @@
-//! `GET /api/mistral/ws`: Mistral's *native* realtime protocol, proxied
-//! (PROTOCOL.md 2.6), for a frontend that already speaks it.
+//! `GET /api/mistral/ws` (and the same handler at
+//! `/api/mistral/v1/audio/transcriptions/realtime`, the path Mistral's SDKs
+//! build from a server URL): Mistral's *native* realtime protocol, proxied
+//! (PROTOCOL.md 2.6), for a frontend or SDK that already speaks it. The
+//! client's `model` query is honoured from `MISTRAL_MODELS`.
 //!
 //! Admission is the chronus one (Origin, JWT, session caps), then the user's
 //! stored Mistral key is looked up; only then is the browser upgraded and a
@@ -45,10 +48,14 @@ use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::mistral::{
-    self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, WriterFailed,
+    self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, MistralEndpoint,
+    WriterFailed,
 };
 use crate::upstream::mistral_sessions::MistralSessionGuard;
 use crate::upstream::writer::{message_len, SocketWriter, WriterPolicy};
+
+use crate::gateway::mistral_model::endpoint_for_query;
+use crate::gateway::outbound::detached;
 
 /// The gateway pings both sides this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -77,6 +84,15 @@ pub async fn mistral_ws(
         Ok(admitted) => admitted,
         Err(error) => return reject_websocket(&req, payload, error),
     };
+    // The model is checked before the key is even read: nothing upstream yet.
+    let endpoint = match endpoint_for_query(
+        req.query_string(),
+        &state.mistral,
+        &state.config.mistral_models,
+    ) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return reject_websocket(&req, payload, error),
+    };
     let key = match mistral::user_key(&state.keys, &admitted.claims.sub).await {
         Ok(key) => key,
         Err(error) => return reject_websocket(&req, payload, error),
@@ -85,11 +101,11 @@ pub async fn mistral_ws(
     // The response stream counts what the browser takes: Mistral's events
     // are relayed only while the browser keeps up (the write-queue bound).
     let taken = Arc::new(AtomicUsize::new(0));
-    let proxy = MistralProxyActor::new(admitted, key, state.into_inner(), taken.clone());
+    let proxy = MistralProxyActor::new(admitted, key, endpoint, state.into_inner(), taken.clone());
     let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
     let frames = ws::WebsocketContext::with_codec(proxy, payload, codec);
     Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
-        .streaming(CountedStream::new(frames, taken)))
+        .streaming(CountedStream::new(detached(frames), taken)))
 }
 
 enum Upstream {
@@ -99,12 +115,14 @@ enum Upstream {
     Closed,
 }
 
-/// The gateway's own text frame in the native protocol: a token refresh,
-/// `{"type":"auth","token":"…"}`.
+/// A short client text frame, read for the two things the gateway cares
+/// about: its own token refresh `{"type":"auth","token":"…"}` (consumed),
+/// and `input_audio.end` (the session is finishing: a drain waits for it).
 #[derive(Deserialize)]
-struct AuthRefresh {
+struct ShortFrame {
     r#type: String,
-    token: String,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// One native Mistral session: the browser's socket and its own Mistral socket.
@@ -116,6 +134,8 @@ pub struct MistralProxyActor {
     state: Arc<AppState>,
     /// Until the connection attempt takes it.
     key: Option<SecretString>,
+    /// `MISTRAL_WS_URL` with the model the client asked for.
+    endpoint: MistralEndpoint,
     upstream: Upstream,
     pending: VecDeque<UpstreamMessage>,
     pending_bytes: usize,
@@ -125,6 +145,8 @@ pub struct MistralProxyActor {
     started: Instant,
     expiry_timer: Option<SpawnHandle>,
     closed: bool,
+    /// The client sent `input_audio.end`: Mistral's last events are coming.
+    ending: bool,
     /// Frames relayed to the browser and not yet taken by the server.
     outbound: OutboundQueue,
     _permit: SessionPermit,
@@ -135,6 +157,7 @@ impl MistralProxyActor {
     pub fn new(
         admitted: Admitted,
         key: SecretString,
+        endpoint: MistralEndpoint,
         state: Arc<AppState>,
         taken: Arc<AtomicUsize>,
     ) -> Self {
@@ -147,6 +170,7 @@ impl MistralProxyActor {
             clock: SessionClock::new(&state.config.chronus, admitted.claims.exp, now),
             state,
             key: Some(key),
+            endpoint,
             upstream: Upstream::Connecting,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -156,6 +180,7 @@ impl MistralProxyActor {
             started: now,
             expiry_timer: None,
             closed: false,
+            ending: false,
             outbound: OutboundQueue::new(taken),
             _permit: admitted.permit,
         }
@@ -168,7 +193,11 @@ impl MistralProxyActor {
         if self.closed {
             return;
         }
-        ctx.text(error.envelope(Some(&self.id_text)));
+        let envelope = error.envelope(Some(&self.id_text));
+        if !self.browser_keeps_up(envelope.len(), ctx) {
+            return;
+        }
+        ctx.text(envelope);
         if let Some(code) = error.code.close_code() {
             log::info!(
                 "mistral native {}: closing with {} ({code})",
@@ -197,13 +226,27 @@ impl MistralProxyActor {
         self.pending_bytes = 0;
     }
 
+    /// The gateway is shutting down (SIGTERM): like a chronus session, a
+    /// session that sent `input_audio.end` gets the grace period for
+    /// Mistral's last events; every other one is told now.
+    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.ending {
+            let grace = self.state.config.shutdown_grace;
+            ctx.run_later(grace, |act, ctx| {
+                act.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx)
+            });
+        } else {
+            self.report(GatewayError::new(ErrorCode::ServerShuttingDown), ctx);
+        }
+    }
+
     // ---- toward Mistral -----------------------------------------------------
 
     fn connect(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let Some(key) = self.key.take() else {
             return;
         };
-        let endpoint = self.state.mistral.clone();
+        let endpoint = self.endpoint.clone();
         let session = self.id_text.clone();
         let attempt = async move { open_mistral_socket(&endpoint, key, &session).await };
         ctx.spawn(
@@ -276,9 +319,11 @@ impl MistralProxyActor {
                 metrics::CLIENT_TO_GATEWAY.record(text.len());
                 self.last_data = Instant::now();
                 if text.len() < MAX_AUTH_FRAME_BYTES {
-                    if let Ok(AuthRefresh { r#type, token }) = serde_json::from_str(&text) {
-                        if r#type == "auth" {
-                            return self.refresh_token(&token, ctx);
+                    if let Ok(ShortFrame { r#type, token }) = serde_json::from_str(&text) {
+                        match (r#type.as_str(), token) {
+                            ("auth", Some(token)) => return self.refresh_token(&token, ctx),
+                            ("input_audio.end", _) => self.ending = true,
+                            _ => {}
                         }
                     }
                 }
@@ -454,6 +499,15 @@ impl Actor for MistralProxyActor {
         );
         self.schedule_expiry(ctx);
         self.schedule_idle_check(self.state.config.idle_timeout, ctx);
+        let mut shutdown = self.state.shutdown.clone();
+        ctx.spawn(
+            async move {
+                // An error means the gateway itself is gone: drain as well.
+                let _ = shutdown.wait_for(|draining| *draining).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.drain(ctx)),
+        );
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_SILENCE_TIMEOUT {
                 log::info!(

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod client;
 pub mod fragments;
 pub mod limits;
+pub mod mistral_model;
 pub mod mistral_proxy;
 pub mod note_access;
 pub mod note_sessions;

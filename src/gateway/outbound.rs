@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 /// Bytes of frames that may wait for one browser before it counts as not
 /// reading and its session is closed.
@@ -44,6 +44,32 @@ where
         }
         polled
     }
+}
+
+/// Runs a browser actor's frame stream on a task of its own and hands its
+/// frames to the response body through a channel. A `WebsocketContext`
+/// actor otherwise runs only while the server polls the response body, and
+/// the server stops polling it when the browser stops reading: the actor
+/// would freeze with its session, never seeing its write queue grow past the
+/// bound. Detached, it keeps running, the [`OutboundQueue`] bound cuts the
+/// browser off, and the channel holds at most that bound.
+pub fn detached<S, E>(frames: S) -> impl Stream<Item = Result<Bytes, E>>
+where
+    S: Stream<Item = Result<Bytes, E>> + 'static,
+    E: 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        let mut frames = std::pin::pin!(frames);
+        while let Some(item) = frames.next().await {
+            if tx.send(item).is_err() {
+                break; // the server dropped the response: the browser is gone
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// The ClientActor's side: what it wrote versus what the server took.

@@ -7,8 +7,15 @@
 //! `session.update` with the browser's audio format → tell the ClientActor
 //! [`UpstreamEvent::Ready`] → relay audio as `input_audio.append` → on `end`,
 //! `input_audio.flush` + `input_audio.end` → Mistral's last segments and
-//! `transcription.done` → [`UpstreamEvent::Done`]; the socket closes with
-//! 1000 and the actor stops.
+//! `transcription.done` → the last text no segment delivered, then
+//! [`UpstreamEvent::DoneWithTranscript`]; the socket closes with 1000 and the
+//! actor stops. No text is lost on the way (`mistral_transcript.rs`).
+//!
+//! **Pauses.** Mistral ends a session that gets no audio for about 30 s
+//! (error 3804). The browser still holds its session, so that is no error:
+//! the actor delivers what was pending, drops the socket, and opens a fresh
+//! Mistral session when the next audio arrives (held, bounded, until it is
+//! ready), its timestamps continuing after the audio already sent.
 //!
 //! **Partials.** Mistral's `transcription.text.delta` carries only the *new*
 //! piece of text. The browser gets, as `transcription.partial`, the text of
@@ -17,34 +24,36 @@
 //! current hypothesis" meaning thoth's interim results have, so a frontend can
 //! replace its interim line instead of appending to it.
 //!
-//! The key lives in a [`SecretString`] only until the handshake is done (the
-//! connection attempt owns it and drops it), and is never logged.
+//! The key lives in a [`SecretString`] (wiped on drop, never logged) for as
+//! long as the session does, since a pause may need a fresh Mistral session.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use awc::http::header::{HeaderValue, AUTHORIZATION};
 use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
-use base64::Engine;
-use futures_util::StreamExt;
-use serde::Deserialize;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use std::collections::VecDeque;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::connect::{self, ConnectFailure, WsFramed, WsTarget};
 use super::mistral_sessions::MistralSessionGuard;
 use super::writer::{SendFailure, SocketWriter, WriterPolicy};
+use super::mistral_transcript::{FinalText, Transcript};
+pub use super::mistral_wire::{
+    append_frames, loggable_message, mistral_error, session_update, MistralErrorBody, MistralEvent,
+    INPUT_AUDIO_END, INPUT_AUDIO_FLUSH, MAX_APPEND_BYTES,
+};
 use super::{ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
-use crate::audio::{AudioFormat, Encoding};
+use crate::audio::AudioFormat;
 use crate::config::{Config, ConfigError};
 use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
 use crate::keys::{ApiKeyStore, KeyStoreError, Provider};
 use crate::metrics;
 
-/// Largest audio payload of one `input_audio.append`, in decoded bytes
-/// (Mistral's limit). Bigger chunks are split on sample boundaries.
-pub const MAX_APPEND_BYTES: usize = 262_144;
 /// How long Mistral may take to send `session.created` once the socket is open.
 pub const SESSION_CREATED_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gateway pings Mistral this often…
@@ -53,6 +62,11 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const UPSTREAM_SILENCE_TIMEOUT: Duration = Duration::from_secs(40);
 /// Largest frame accepted from Mistral.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+/// Audio held while a fresh Mistral session opens after a pause, in seconds.
+pub const MAX_HELD_AUDIO_SECS: f64 = 10.0;
+/// A clean close from Mistral counts as "Mistral closed an idle session"
+/// (a pause, not an error) when no audio was sent to it for this long.
+pub const IDLE_BEFORE_CLOSE_IS_PAUSE: Duration = Duration::from_secs(5);
 
 /// Where Mistral is and how to reach it; one per gateway.
 #[derive(Clone)]
@@ -72,6 +86,24 @@ impl MistralEndpoint {
             tls: connect::tls_config(None)?,
             retry_base: config.thoth_retry_base,
         })
+    }
+
+    /// The same endpoint asking for `model` (replacing the URL's own `model`).
+    pub fn with_model(&self, model: &str) -> MistralEndpoint {
+        let mut chosen = self.clone();
+        if let Ok(mut url) = url::Url::parse(&self.url) {
+            let others: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(name, _)| name != "model")
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(others)
+                .append_pair("model", model);
+            chosen.url = url.to_string();
+        }
+        chosen
     }
 
     /// The URL as logs show it.
@@ -146,106 +178,7 @@ pub fn connect_failure_error(failure: &ConnectFailure) -> GatewayError {
     error.because(failure.to_string())
 }
 
-/// `session.update` announcing the session's audio format.
-pub fn session_update(format: AudioFormat) -> String {
-    let encoding = match format.encoding {
-        Encoding::F32le => "pcm_f32le",
-        Encoding::S16le => "pcm_s16le",
-    };
-    serde_json::json!({
-        "type": "session.update",
-        "session": {"audio_format": {"encoding": encoding, "sample_rate": format.sample_rate}},
-    })
-    .to_string()
-}
-
-/// `input_audio.append` frames for `audio`, each carrying at most
-/// [`MAX_APPEND_BYTES`] and a whole number of `bytes_per_sample` samples.
-pub fn append_frames(audio: &[u8], bytes_per_sample: usize) -> Vec<String> {
-    let bytes_per_sample = bytes_per_sample.max(1);
-    let chunk = MAX_APPEND_BYTES - MAX_APPEND_BYTES % bytes_per_sample;
-    audio
-        .chunks(chunk)
-        .map(|piece| {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(piece);
-            // Base64 needs no JSON escaping.
-            format!(r#"{{"type":"input_audio.append","audio":"{encoded}"}}"#)
-        })
-        .collect()
-}
-
-/// `input_audio.flush`: transcribe everything sent so far.
-pub const INPUT_AUDIO_FLUSH: &str = r#"{"type":"input_audio.flush"}"#;
-/// `input_audio.end`: no more audio; Mistral answers with `transcription.done`.
-pub const INPUT_AUDIO_END: &str = r#"{"type":"input_audio.end"}"#;
-
-/// The Mistral events the gateway reads (PROTOCOL.md 4); other fields and
-/// unknown types are ignored.
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(tag = "type")]
-pub enum MistralEvent {
-    #[serde(rename = "session.created")]
-    SessionCreated,
-    #[serde(rename = "session.updated")]
-    SessionUpdated,
-    #[serde(rename = "transcription.language")]
-    Language,
-    #[serde(rename = "transcription.text.delta")]
-    TextDelta { text: String },
-    #[serde(rename = "transcription.segment")]
-    Segment {
-        text: String,
-        start: Option<f64>,
-        end: Option<f64>,
-    },
-    #[serde(rename = "transcription.done")]
-    Done,
-    #[serde(rename = "error")]
-    Error {
-        #[serde(default)]
-        error: MistralErrorBody,
-    },
-    #[serde(other)]
-    Unknown,
-}
-
-/// `{"message", "code"}` of a Mistral `error` event.
-#[derive(Debug, Default, PartialEq, Deserialize)]
-pub struct MistralErrorBody {
-    /// A string or an object; logged, never shown to the browser.
-    #[serde(default)]
-    pub message: serde_json::Value,
-    /// Numeric; kept as the envelope's `upstreamCode`.
-    #[serde(default)]
-    pub code: serde_json::Value,
-}
-
-impl MistralEvent {
-    pub fn parse(text: &str) -> Option<MistralEvent> {
-        serde_json::from_str(text).ok()
-    }
-}
-
-/// The browser-facing error for a Mistral `error` event: Mistral's text may
-/// name internals, so the browser gets a message of ours and the code.
-pub fn mistral_error(body: &MistralErrorBody) -> GatewayError {
-    let error = GatewayError::new(ErrorCode::MistralError);
-    match &body.code {
-        serde_json::Value::Null => error,
-        code => error.with_upstream_code(code.clone()),
-    }
-}
-
-/// Mistral's message, shortened, for the gateway's own log.
-fn loggable_message(message: &serde_json::Value) -> String {
-    let text = match message {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    text.chars().take(200).collect()
-}
-
-/// A frame read from the Mistral socket.
+/// A frame read from the Mistral socket (the native proxy's stream).
 pub struct FromMistral(pub Result<Frame, actix_http::ws::ProtocolError>);
 
 impl Message for FromMistral {
@@ -272,6 +205,23 @@ impl SendFailure {
     }
 }
 
+/// A frame of Mistral socket number `socket` (`None`: the socket ended).
+/// The number tells a dropped socket's stragglers from the current one's.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FromMistralSocket {
+    socket: u32,
+    frame: Option<Result<Frame, actix_http::ws::ProtocolError>>,
+}
+
+/// The writer of Mistral socket number `socket` failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SocketWriterFailed {
+    socket: u32,
+    reason: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Opening the socket.
@@ -280,25 +230,38 @@ enum Phase {
     AwaitingSession,
     /// `session.update` sent, `Ready` told: audio flows.
     Streaming,
+    /// Mistral ended an idle session; a fresh one opens on the next audio.
+    Paused,
     /// `input_audio.end` sent; waiting for `transcription.done`.
     Ending,
     /// The session is over; the actor is stopping.
     Finished,
 }
 
-/// One Mistral session's upstream: its own socket, its one client.
+/// One chronus session's upstream: its own socket(s) to Mistral, its one client.
 pub struct MistralUpstreamActor {
     session_id: Uuid,
     user: String,
     client: ClientHandle,
     format: AudioFormat,
     endpoint: MistralEndpoint,
-    /// Until the connection attempt takes it.
-    key: Option<SecretString>,
+    /// Kept for the fresh Mistral session a pause may need.
+    key: SecretString,
     phase: Phase,
+    /// Numbers the Mistral sockets of this session (one per Mistral session).
+    socket: u32,
     writer: Option<SocketWriter>,
-    /// Deltas since the last segment (the partial shown to the browser).
-    segment_text: String,
+    /// `Ready` was told (once per chronus session, not per Mistral session).
+    ready_told: bool,
+    /// The browser sent `end` while a Mistral session was opening.
+    end_requested: bool,
+    /// Audio waiting for a fresh Mistral session, and its size.
+    held: VecDeque<Bytes>,
+    held_bytes: usize,
+    /// Audio bytes sent to the current Mistral session.
+    sent_bytes: usize,
+    last_audio_sent: Instant,
+    transcript: Transcript,
     last_heard: Instant,
     /// Keeps the session in the per-user monitoring counts while it lives.
     _counted: MistralSessionGuard,
@@ -320,23 +283,32 @@ impl MistralUpstreamActor {
             client: subscribe.client,
             format: subscribe.format,
             endpoint,
-            key: Some(key),
+            key,
             phase: Phase::Connecting,
+            socket: 0,
             writer: None,
-            segment_text: String::new(),
+            ready_told: false,
+            end_requested: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            sent_bytes: 0,
+            last_audio_sent: Instant::now(),
+            transcript: Transcript::default(),
             last_heard: Instant::now(),
             _counted: counted,
         }
     }
 
+    /// Opens a Mistral session (the first one, or a fresh one after a pause).
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        let Some(key) = self.key.take() else {
-            return;
-        };
+        self.phase = Phase::Connecting;
+        self.socket += 1;
+        let socket = self.socket;
         let endpoint = self.endpoint.clone();
+        let key = self.key.clone();
         let session = self.session_id.to_string();
         log::info!(
-            "mistral {}: session {} of user {}: connecting",
+            "mistral {}: session {} of user {}: connecting (Mistral session {socket})",
             self.endpoint.display_url(),
             self.session_id,
             self.user
@@ -345,7 +317,10 @@ impl MistralUpstreamActor {
         ctx.spawn(
             attempt
                 .into_actor(self)
-                .map(|result, act, ctx| match result {
+                .map(move |result, act, ctx| match result {
+                    _ if act.socket != socket || act.phase != Phase::Connecting => {
+                        // Unsubscribed meanwhile; dropping the socket closes it.
+                    }
                     Ok(framed) => act.on_connected(framed, ctx),
                     Err(failure) => {
                         log::warn!(
@@ -353,31 +328,37 @@ impl MistralUpstreamActor {
                             act.endpoint.display_url(),
                             act.session_id
                         );
-                        act.finish(
-                            Some(UpstreamEvent::Failed(connect_failure_error(&failure))),
-                            ctx,
-                        );
+                        act.fail(connect_failure_error(&failure), ctx);
                     }
                 }),
         );
     }
 
     fn on_connected(&mut self, framed: WsFramed, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Connecting {
-            return; // unsubscribed meanwhile; dropping `framed` closes it
-        }
+        let socket = self.socket;
         let (sink, source) = framed.split();
         let actor = ctx.address();
         self.writer = Some(SocketWriter::spawn(
             sink,
             WriterPolicy::MISTRAL,
-            move |reason| actor.do_send(WriterFailed { reason }),
+            move |reason| actor.do_send(SocketWriterFailed { socket, reason }),
         ));
-        ctx.add_stream(source.map(FromMistral));
+        let frames = source
+            .map(move |frame| FromMistralSocket {
+                socket,
+                frame: Some(frame),
+            })
+            .chain(stream::once(async move {
+                FromMistralSocket {
+                    socket,
+                    frame: None,
+                }
+            }));
+        ctx.add_message_stream(frames);
         self.phase = Phase::AwaitingSession;
         self.last_heard = Instant::now();
-        ctx.run_later(SESSION_CREATED_TIMEOUT, |act, ctx| {
-            if act.phase == Phase::AwaitingSession {
+        ctx.run_later(SESSION_CREATED_TIMEOUT, move |act, ctx| {
+            if act.socket == socket && act.phase == Phase::AwaitingSession {
                 log::warn!(
                     "mistral: session {}: no session.created within {:?}",
                     act.session_id,
@@ -386,6 +367,35 @@ impl MistralUpstreamActor {
                 act.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
             }
         });
+    }
+
+    /// `session.created`: announce the format, then audio may flow.
+    fn on_session_created(&mut self, ctx: &mut Context<Self>) {
+        self.send(session_update(self.format), ctx);
+        if self.phase != Phase::AwaitingSession {
+            return;
+        }
+        self.phase = Phase::Streaming;
+        self.sent_bytes = 0;
+        log::info!(
+            "mistral: session {}: ready (Mistral session {})",
+            self.session_id,
+            self.socket
+        );
+        if !self.ready_told {
+            self.ready_told = true;
+            self.notify(UpstreamEvent::Ready, ctx);
+        }
+        self.held_bytes = 0;
+        for audio in std::mem::take(&mut self.held) {
+            if self.phase != Phase::Streaming {
+                return;
+            }
+            self.send_audio(&audio, ctx);
+        }
+        if self.end_requested && self.phase == Phase::Streaming {
+            self.send_end(ctx);
+        }
     }
 
     /// Queues a text frame toward Mistral; a stalled or dead socket ends the
@@ -406,6 +416,39 @@ impl MistralUpstreamActor {
         }
     }
 
+    fn send_audio(&mut self, audio: &[u8], ctx: &mut Context<Self>) {
+        for frame in append_frames(audio, self.format.encoding.bytes_per_sample()) {
+            self.send(frame, ctx);
+            if self.phase != Phase::Streaming {
+                return;
+            }
+        }
+        self.sent_bytes += audio.len();
+        self.last_audio_sent = Instant::now();
+    }
+
+    /// Holds audio until a fresh Mistral session is ready (bounded).
+    fn hold(&mut self, audio: Bytes, ctx: &mut Context<Self>) {
+        let limit = (self.format.bytes_per_second() * MAX_HELD_AUDIO_SECS) as usize;
+        if self.held_bytes + audio.len() > limit {
+            return self.fail(
+                GatewayError::with_message(
+                    ErrorCode::RateLimited,
+                    "Too much audio arrived before the transcription service was ready",
+                ),
+                ctx,
+            );
+        }
+        self.held_bytes += audio.len();
+        self.held.push_back(audio);
+    }
+
+    fn send_end(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Ending;
+        self.send(INPUT_AUDIO_FLUSH.to_owned(), ctx);
+        self.send(INPUT_AUDIO_END.to_owned(), ctx);
+    }
+
     /// Delivers an event; a client whose browser stopped reading (its event
     /// backlog is full) ends the session instead of growing the queue.
     fn notify(&mut self, event: UpstreamEvent, ctx: &mut Context<Self>) {
@@ -424,6 +467,59 @@ impl MistralUpstreamActor {
         }
     }
 
+    fn deliver_final(&mut self, last: Option<FinalText>, ctx: &mut Context<Self>) {
+        if let Some(FinalText { text, start, end }) = last {
+            let event = UpstreamEvent::Transcript {
+                text,
+                is_final: true,
+                start,
+                end,
+            };
+            self.notify(event, ctx);
+        }
+    }
+
+    /// The current Mistral session is over (`done`, or Mistral gave up on an
+    /// idle one): the text no segment delivered goes out as a final.
+    fn end_mistral_session(&mut self, done_text: Option<&str>, ctx: &mut Context<Self>) {
+        let audio_secs = self.format.seconds(self.sent_bytes);
+        self.sent_bytes = 0;
+        let last = self.transcript.end_upstream(done_text, audio_secs);
+        self.deliver_final(last, ctx);
+    }
+
+    /// `transcription.done`: the last text, then `done` with the whole text.
+    fn on_done(&mut self, done_text: Option<&str>, ctx: &mut Context<Self>) {
+        log::info!("mistral: session {}: done", self.session_id);
+        self.end_mistral_session(done_text, ctx);
+        let whole = self.transcript.whole_text().to_owned();
+        self.finish(Some(UpstreamEvent::DoneWithTranscript(whole)), ctx);
+    }
+
+    /// Mistral ended an idle session the browser still holds: deliver what
+    /// was pending; a fresh Mistral session opens on the next audio.
+    fn pause(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "mistral: session {}: Mistral ended its idle session {}; a fresh one opens on the next audio",
+            self.session_id,
+            self.socket
+        );
+        self.end_mistral_session(None, ctx);
+        if self.phase == Phase::Finished {
+            return;
+        }
+        self.drop_socket();
+        self.phase = Phase::Paused;
+    }
+
+    /// Closes the current socket; its late frames are ignored from now on.
+    fn drop_socket(&mut self) {
+        self.socket += 1;
+        if let Some(writer) = self.writer.take() {
+            writer.close(CloseReason::from(CloseCode::Normal));
+        }
+    }
+
     fn fail(&mut self, error: GatewayError, ctx: &mut Context<Self>) {
         self.finish(Some(UpstreamEvent::Failed(error)), ctx);
     }
@@ -438,9 +534,7 @@ impl MistralUpstreamActor {
         if let Some(event) = event {
             self.client.cut_off(event);
         }
-        if let Some(writer) = self.writer.take() {
-            writer.close(CloseReason::from(CloseCode::Normal));
-        }
+        self.drop_socket();
         ctx.stop();
     }
 
@@ -454,22 +548,15 @@ impl MistralUpstreamActor {
         };
         match event {
             MistralEvent::SessionCreated if self.phase == Phase::AwaitingSession => {
-                self.send(session_update(self.format), ctx);
-                if self.phase == Phase::AwaitingSession {
-                    self.phase = Phase::Streaming;
-                    log::info!("mistral: session {}: ready", self.session_id);
-                    self.notify(UpstreamEvent::Ready, ctx);
-                }
+                self.on_session_created(ctx)
             }
             MistralEvent::SessionCreated
             | MistralEvent::SessionUpdated
             | MistralEvent::Language => {}
             MistralEvent::TextDelta { text } => {
-                self.segment_text.push_str(&text);
-                let partial = self.segment_text.trim();
-                if !partial.is_empty() {
+                if let Some(partial) = self.transcript.on_delta(&text) {
                     let event = UpstreamEvent::Transcript {
-                        text: partial.to_owned(),
+                        text: partial,
                         is_final: false,
                         start: None,
                         end: None,
@@ -478,22 +565,10 @@ impl MistralUpstreamActor {
                 }
             }
             MistralEvent::Segment { text, start, end } => {
-                self.segment_text.clear();
-                let text = text.trim();
-                if !text.is_empty() {
-                    let event = UpstreamEvent::Transcript {
-                        text: text.to_owned(),
-                        is_final: true,
-                        start,
-                        end,
-                    };
-                    self.notify(event, ctx);
-                }
+                let segment = self.transcript.on_segment(&text, start, end);
+                self.deliver_final(segment, ctx);
             }
-            MistralEvent::Done => {
-                log::info!("mistral: session {}: done", self.session_id);
-                self.finish(Some(UpstreamEvent::Done), ctx);
-            }
+            MistralEvent::Done { text } => self.on_done(text.as_deref(), ctx),
             MistralEvent::Error { error } => {
                 log::warn!(
                     "mistral: session {}: error event (code {}): {}",
@@ -501,7 +576,12 @@ impl MistralUpstreamActor {
                     error.code,
                     loggable_message(&error.message)
                 );
-                self.fail(mistral_error(&error), ctx);
+                match self.phase {
+                    Phase::Streaming if error.is_idle_timeout() => self.pause(ctx),
+                    // Timed out while finishing: what it gave is all there is.
+                    Phase::Ending if error.is_idle_timeout() => self.on_done(None, ctx),
+                    _ => self.fail(mistral_error(&error), ctx),
+                }
             }
             MistralEvent::Unknown => log::debug!(
                 "mistral: session {}: skipping an event of unknown type",
@@ -510,15 +590,30 @@ impl MistralUpstreamActor {
         }
     }
 
+    fn on_close(&mut self, reason: Option<CloseReason>, ctx: &mut Context<Self>) {
+        let code = reason.map(|r| u16::from(r.code));
+        let clean = matches!(code, Some(1000) | Some(1001));
+        let idle = self.last_audio_sent.elapsed() >= IDLE_BEFORE_CLOSE_IS_PAUSE;
+        if self.phase == Phase::Streaming && clean && idle {
+            return self.pause(ctx);
+        }
+        log::warn!(
+            "mistral: session {}: Mistral closed the socket ({}) before transcription.done",
+            self.session_id,
+            code.map_or("no code".into(), |c| c.to_string())
+        );
+        self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if !self.client.connected() {
             // The ClientActor is gone without unsubscribing (e.g. its arbiter stopped).
             self.finish(None, ctx);
             return;
         }
-        if self.writer.is_none() {
+        let Some(writer) = &self.writer else {
             return;
-        }
+        };
         if self.last_heard.elapsed() > UPSTREAM_SILENCE_TIMEOUT {
             log::warn!(
                 "mistral: session {}: nothing heard from Mistral for {:?}",
@@ -528,9 +623,7 @@ impl MistralUpstreamActor {
             self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
             return;
         }
-        if let Some(writer) = &self.writer {
-            let _ = writer.send(WsMessage::Ping(bytes::Bytes::new()));
-        }
+        let _ = writer.send(WsMessage::Ping(Bytes::new()));
     }
 }
 
@@ -543,9 +636,7 @@ impl Actor for MistralUpstreamActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(writer) = self.writer.take() {
-            writer.close(CloseReason::from(CloseCode::Normal));
-        }
+        self.drop_socket();
         log::info!(
             "mistral: session {} of user {}: upstream closed",
             self.session_id,
@@ -558,19 +649,20 @@ impl Handler<SessionAudio> for MistralUpstreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionAudio, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Streaming {
-            // The ClientActor sends audio only after Ready and before end.
-            log::debug!(
-                "mistral: session {}: audio outside streaming ignored",
-                self.session_id
-            );
-            return;
-        }
-        for frame in append_frames(&msg.audio, self.format.encoding.bytes_per_sample()) {
-            self.send(frame, ctx);
-            if self.phase != Phase::Streaming {
-                return;
+        match self.phase {
+            Phase::Streaming => self.send_audio(&msg.audio, ctx),
+            Phase::Connecting | Phase::AwaitingSession => self.hold(msg.audio, ctx),
+            Phase::Paused => {
+                self.hold(msg.audio, ctx);
+                if self.phase == Phase::Paused {
+                    self.connect(ctx);
+                }
             }
+            // The ClientActor sends no audio after `end`.
+            Phase::Ending | Phase::Finished => log::debug!(
+                "mistral: session {}: audio after end ignored",
+                self.session_id
+            ),
         }
     }
 }
@@ -579,12 +671,13 @@ impl Handler<EndSession> for MistralUpstreamActor {
     type Result = ();
 
     fn handle(&mut self, _: EndSession, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Streaming {
-            return;
+        match self.phase {
+            Phase::Streaming => self.send_end(ctx),
+            // Nothing was said since the pause: the session is complete.
+            Phase::Paused => self.on_done(None, ctx),
+            Phase::Connecting | Phase::AwaitingSession => self.end_requested = true,
+            Phase::Ending | Phase::Finished => {}
         }
-        self.phase = Phase::Ending;
-        self.send(INPUT_AUDIO_FLUSH.to_owned(), ctx);
-        self.send(INPUT_AUDIO_END.to_owned(), ctx);
     }
 }
 
@@ -597,23 +690,32 @@ impl Handler<Unsubscribe> for MistralUpstreamActor {
     }
 }
 
-impl Handler<WriterFailed> for MistralUpstreamActor {
+impl Handler<SocketWriterFailed> for MistralUpstreamActor {
     type Result = ();
 
-    fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
-        log::warn!("mistral: session {}: {}", self.session_id, msg.reason);
+    fn handle(&mut self, msg: SocketWriterFailed, ctx: &mut Context<Self>) {
+        if msg.socket != self.socket {
+            return;
+        }
+        log::warn!(
+            "mistral: session {}: {}",
+            self.session_id,
+            msg.reason
+        );
         self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
     }
 }
 
-impl StreamHandler<FromMistral> for MistralUpstreamActor {
-    fn handle(&mut self, FromMistral(frame): FromMistral, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Finished {
-            return;
+impl Handler<FromMistralSocket> for MistralUpstreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromMistralSocket, ctx: &mut Context<Self>) {
+        if msg.socket != self.socket || self.phase == Phase::Finished {
+            return; // a dropped socket's late frames
         }
         self.last_heard = Instant::now();
-        match frame {
-            Ok(Frame::Text(text)) => {
+        match msg.frame {
+            Some(Ok(Frame::Text(text))) => {
                 metrics::UPSTREAM_TO_GATEWAY.record(text.len());
                 match std::str::from_utf8(&text) {
                     Ok(text) => self.on_text(text, ctx),
@@ -623,135 +725,28 @@ impl StreamHandler<FromMistral> for MistralUpstreamActor {
                     ),
                 }
             }
-            Ok(Frame::Ping(payload)) => {
+            Some(Ok(Frame::Ping(payload))) => {
                 if let Some(writer) = &self.writer {
                     let _ = writer.send(WsMessage::Pong(payload));
                 }
             }
-            Ok(Frame::Pong(_)) => {}
-            Ok(Frame::Binary(_)) | Ok(Frame::Continuation(_)) => log::debug!(
+            Some(Ok(Frame::Pong(_))) => {}
+            Some(Ok(Frame::Binary(_))) | Some(Ok(Frame::Continuation(_))) => log::debug!(
                 "mistral: session {}: skipping a binary frame",
                 self.session_id
             ),
-            Ok(Frame::Close(reason)) => {
-                log::warn!(
-                    "mistral: session {}: Mistral closed the socket ({}) before transcription.done",
-                    self.session_id,
-                    reason.map_or("no code".into(), |r| u16::from(r.code).to_string())
-                );
-                self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
-            }
-            Err(e) => {
+            Some(Ok(Frame::Close(reason))) => self.on_close(reason, ctx),
+            Some(Err(e)) => {
                 log::warn!("mistral: session {}: protocol error: {e}", self.session_id);
                 self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
             }
+            None => {
+                log::warn!(
+                    "mistral: session {}: socket ended without a close frame",
+                    self.session_id
+                );
+                self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
+            }
         }
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Finished {
-            log::warn!(
-                "mistral: session {}: socket ended without a close frame",
-                self.session_id
-            );
-            self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decoded(frame: &str) -> Vec<u8> {
-        let v: serde_json::Value = serde_json::from_str(frame).unwrap();
-        assert_eq!(v["type"], "input_audio.append");
-        base64::engine::general_purpose::STANDARD
-            .decode(v["audio"].as_str().unwrap())
-            .unwrap()
-    }
-
-    #[test]
-    fn big_chunks_are_split_at_the_append_limit_on_sample_boundaries() {
-        let audio: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
-        let frames = append_frames(&audio, 4);
-        let sizes: Vec<usize> = frames.iter().map(|f| decoded(f).len()).collect();
-        assert_eq!(sizes, vec![262_144, 262_144, 75_712]);
-        let joined: Vec<u8> = frames.iter().flat_map(|f| decoded(f)).collect();
-        assert_eq!(joined, audio);
-        // A sample size that does not divide the limit still gets whole samples.
-        let frames = append_frames(&vec![0u8; 600_000], 3);
-        assert!(frames.iter().all(|f| decoded(f).len().is_multiple_of(3)));
-        assert_eq!(decoded(&frames[0]).len(), 262_143);
-    }
-
-    #[test]
-    fn small_chunks_are_one_append() {
-        let frames = append_frames(&[1, 2, 3, 4], 2);
-        assert_eq!(
-            frames,
-            vec![r#"{"type":"input_audio.append","audio":"AQIDBA=="}"#]
-        );
-    }
-
-    #[test]
-    fn session_update_names_the_pcm_encoding_and_rate() {
-        let update: serde_json::Value = serde_json::from_str(&session_update(AudioFormat {
-            encoding: Encoding::S16le,
-            sample_rate: 24_000,
-        }))
-        .unwrap();
-        assert_eq!(
-            update,
-            serde_json::json!({"type": "session.update", "session": {"audio_format": {"encoding": "pcm_s16le", "sample_rate": 24000}}})
-        );
-    }
-
-    #[test]
-    fn events_parse_with_extra_fields_and_unknown_types() {
-        assert_eq!(
-            MistralEvent::parse(r#"{"type":"session.created","session":{"id":"x"}}"#),
-            Some(MistralEvent::SessionCreated)
-        );
-        assert_eq!(
-            MistralEvent::parse(r#"{"type":"transcription.text.delta","text":" hi"}"#),
-            Some(MistralEvent::TextDelta { text: " hi".into() })
-        );
-        assert_eq!(
-            MistralEvent::parse(
-                r#"{"type":"transcription.segment","text":"hi","start":0.5,"end":1.0,"speaker_id":null}"#
-            ),
-            Some(MistralEvent::Segment {
-                text: "hi".into(),
-                start: Some(0.5),
-                end: Some(1.0)
-            })
-        );
-        assert_eq!(
-            MistralEvent::parse(r#"{"type":"transcription.done","text":"a b","usage":{}}"#),
-            Some(MistralEvent::Done)
-        );
-        assert_eq!(
-            MistralEvent::parse(r#"{"type":"something.new","x":1}"#),
-            Some(MistralEvent::Unknown)
-        );
-        assert_eq!(MistralEvent::parse("not json"), None);
-    }
-
-    #[test]
-    fn an_error_event_keeps_the_code_but_not_the_message() {
-        let Some(MistralEvent::Error { error }) = MistralEvent::parse(
-            r#"{"type":"error","error":{"message":"db-7.internal exploded","code":3001}}"#,
-        ) else {
-            panic!("not an error event");
-        };
-        let gateway_error = mistral_error(&error);
-        assert_eq!(gateway_error.code, ErrorCode::MistralError);
-        assert_eq!(gateway_error.upstream_code, Some(3001.into()));
-        assert!(!gateway_error.message.contains("internal"));
-        let Some(MistralEvent::Error { error }) = MistralEvent::parse(r#"{"type":"error"}"#) else {
-            panic!("not an error event");
-        };
-        assert_eq!(mistral_error(&error).upstream_code, None);
     }
 }

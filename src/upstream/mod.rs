@@ -9,6 +9,8 @@ pub mod audio_route;
 pub mod connect;
 pub mod mistral;
 pub mod mistral_sessions;
+pub mod mistral_transcript;
+pub mod mistral_wire;
 pub mod mux_frame;
 pub mod pool;
 pub mod replay;
@@ -42,6 +44,9 @@ pub enum UpstreamEvent {
     },
     /// The upstream delivered everything after `end`.
     Done,
+    /// The same, from an upstream that knows the session's whole text
+    /// (Mistral's `done.text`): `done` carries it instead of the joined finals.
+    DoneWithTranscript(String),
     /// A non-fatal notice (e.g. `THOTH_RECONNECTING`); the session goes on.
     Notice(GatewayError),
     /// The session is over on the upstream's side.

@@ -1,30 +1,45 @@
 //! A fake Mistral realtime server: a real WebSocket server (actix-web on its
-//! own thread and System, like the dev thoth) speaking PROTOCOL.md section 4
-//! from Mistral's side, recording everything it receives and sends.
+//! own thread and System, like the dev thoth) speaking Mistral's realtime
+//! protocol as the official SDKs read it (REAL-PEERS.md 4, PROTOCOL.md 4),
+//! recording everything it receives and sends.
 //!
 //! - The handshake needs `Authorization: Bearer <api_key>`; anything else
-//!   gets HTTP 401 (what Mistral answers a bad key).
-//! - On connect it sends `session.created` (after
-//!   [`FakeMistralOptions::session_created_delay`]); `session.update` is
-//!   answered with `session.updated` and sets the audio format.
-//! - Audio (`input_audio.append`) is cut into segments of
-//!   [`FakeMistralOptions::segment_secs`] of audio; each full segment is
-//!   announced by three `transcription.text.delta`s and then a
-//!   `transcription.segment` whose text is [`segment_text`]. The first audio
-//!   also draws a `transcription.language`.
-//! - `input_audio.end` sends the partial last segment (if any), then
-//!   `transcription.done` with every segment's text joined by spaces.
+//!   gets HTTP 401 (what Mistral answers a bad key). The `model` query is the
+//!   session's model.
+//! - On connect it sends `session.created` with `request_id`, `model` and
+//!   `audio_format` (after [`FakeMistralOptions::session_created_delay`]).
+//!   `session.update` is answered with `session.updated` carrying the session
+//!   as applied (not the client's update echoed).
+//! - Audio is cut into utterances of [`FakeMistralOptions::segment_secs`];
+//!   how their text is delivered is the [`Mode`] (`transcript.rs`). The first
+//!   audio also draws a `transcription.language`.
+//! - `input_audio.end` delivers the short last utterance, then
+//!   `transcription.done` with `model`, `text` (every utterance, exactly the
+//!   deltas concatenated), `usage`, `language` (the session's, else null) and,
+//!   unless the mode has no segments, `segments`.
+//! - [`FakeMistralOptions::idle_timeout`] ("3804 after N s of no audio"):
+//!   that long without `input_audio.append` (from `session.created` or the
+//!   last audio) sends what was heard as deltas, then error 3804, and ends
+//!   the session (close 1000).
+//! - [`FakeMistralOptions::reject_update_after_audio`] (on by default, as
+//!   Mistral does): a `session.update` that would change the session after
+//!   audio started is answered with error 3051 and not applied.
 //! - [`FakeMistralOptions::error_code`]: the first audio is answered with an
 //!   `error` event carrying that code (and a message naming an internal
 //!   host), then the socket is closed with 1011.
+//!
+//! Errors are always `{"type":"error","error":{"message","code"}}`.
 #![allow(dead_code)]
+
+mod session;
+mod session_state;
+mod transcript;
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, AsyncContext, StreamHandler};
 use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -32,20 +47,47 @@ use actix_web_actors::ws;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use session::FakeSession;
+// Each test crate that includes the fake uses a different part of it.
+#[allow(unused_imports)]
+pub use session_state::{DEFAULT_ENCODING, DEFAULT_SAMPLE_RATE};
+#[allow(unused_imports)]
+pub use transcript::{full_text, segment_deltas, segment_text, Mode};
+
 /// The path Mistral serves realtime transcription on.
 pub const REALTIME_PATH: &str = "/v1/audio/transcriptions/realtime";
+/// The model of [`FakeMistral::url`], and of a connection without `model`.
+pub const DEFAULT_MODEL: &str = "voxtral-mini-transcribe-realtime-2602";
 /// What a fake `error` event says: internals the browser must never see.
 pub const INTERNAL_ERROR_MESSAGE: &str = "worker gpu-7.mistral.internal crashed: CUDA OOM";
+/// Mistral's error when no audio came for too long (about 30 s for real).
+pub const IDLE_TIMEOUT_CODE: u64 = 3804;
+pub const IDLE_TIMEOUT_MESSAGE: &str = "timeout waiting for response from client";
+/// Mistral's error (docs.mistral.ai, speech-to-text troubleshooting) when a
+/// `session.update` would change the session after audio started.
+pub const SESSION_LOCKED_CODE: u64 = 3051;
+pub const SESSION_LOCKED_MESSAGE: &str =
+    "Session fields cannot be changed after audio has started.";
+/// The fake's code for a message it cannot use (bad JSON, bad base64, a bad
+/// audio format).
+pub const INVALID_REQUEST_CODE: u64 = 3000;
 
 /// How a fake Mistral behaves.
 #[derive(Debug, Clone)]
 pub struct FakeMistralOptions {
     /// The only key accepted.
     pub api_key: String,
-    /// Seconds of audio per `transcription.segment`.
+    /// How text is delivered: deltas only, segments, trailing deltas.
+    pub mode: Mode,
+    /// Seconds of audio per utterance (and segment).
     pub segment_secs: f64,
     /// Answer the first audio with an `error` event of this code.
     pub error_code: Option<u64>,
+    /// "3804 after N s of no audio": error 3804 and the end of the session.
+    pub idle_timeout: Option<Duration>,
+    /// Refuse (error 3051) a `session.update` that changes the session once
+    /// audio started, as Mistral does. On by default.
+    pub reject_update_after_audio: bool,
     /// Wait this long after the handshake before `session.created`.
     pub session_created_delay: Duration,
     /// Wait this long before answering the handshake.
@@ -53,29 +95,19 @@ pub struct FakeMistralOptions {
 }
 
 impl FakeMistralOptions {
-    pub fn new(api_key: &str) -> Self {
+    /// A fake accepting `api_key` that delivers text in `mode`.
+    pub fn new(api_key: &str, mode: Mode) -> Self {
         FakeMistralOptions {
             api_key: api_key.to_owned(),
+            mode,
             segment_secs: 0.5,
             error_code: None,
+            idle_timeout: None,
+            reject_update_after_audio: true,
             session_created_delay: Duration::ZERO,
             accept_delay: Duration::ZERO,
         }
     }
-}
-
-/// The text of segment `index` (0-based) made of `bytes` bytes of audio.
-pub fn segment_text(index: usize, bytes: usize) -> String {
-    format!("segment {index} of {bytes} bytes")
-}
-
-/// The deltas that precede segment `index`: concatenated, its text.
-pub fn segment_deltas(index: usize, bytes: usize) -> Vec<String> {
-    vec![
-        "segment".to_owned(),
-        format!(" {index} of"),
-        format!(" {bytes} bytes"),
-    ]
 }
 
 /// One frame a connection received from the gateway.
@@ -91,6 +123,10 @@ pub enum Upstreamed {
 /// Everything one connection attempt saw.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionLog {
+    /// The handshake's path and query, as received.
+    pub path_and_query: String,
+    /// The `model` of the handshake's query ([`DEFAULT_MODEL`] if absent).
+    pub model: String,
     /// The `Authorization` header of the handshake, as received.
     pub authorization: Option<String>,
     /// Whether the handshake was accepted (right key).
@@ -100,6 +136,8 @@ pub struct ConnectionLog {
     pub sent: Vec<String>,
     /// The socket is gone.
     pub ended: bool,
+    /// The idle timeout fired (error 3804 sent).
+    pub timed_out: bool,
 }
 
 impl ConnectionLog {
@@ -135,6 +173,30 @@ impl ConnectionLog {
             .collect()
     }
 
+    /// Every `session.update` received, parsed, in order.
+    pub fn session_updates(&self) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["type"] == "session.update")
+            .collect()
+    }
+
+    /// Every event the fake sent, parsed.
+    pub fn sent_json(&self) -> Vec<Value> {
+        self.sent
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("the fake sends JSON"))
+            .collect()
+    }
+
+    /// The `type` of each event the fake sent.
+    pub fn sent_types(&self) -> Vec<String> {
+        self.sent_json()
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
     /// Whether the gateway sent a close frame.
     pub fn closed_by_gateway(&self) -> Option<Option<u16>> {
         self.received.iter().find_map(|r| match r {
@@ -144,13 +206,13 @@ impl ConnectionLog {
     }
 }
 
-struct Shared {
-    opts: FakeMistralOptions,
+pub(crate) struct Shared {
+    pub(crate) opts: FakeMistralOptions,
     connections: Mutex<Vec<ConnectionLog>>,
 }
 
 impl Shared {
-    fn with_log<T>(&self, id: usize, f: impl FnOnce(&mut ConnectionLog) -> T) -> T {
+    pub(crate) fn with_log<T>(&self, id: usize, f: impl FnOnce(&mut ConnectionLog) -> T) -> T {
         let mut connections = self
             .connections
             .lock()
@@ -204,10 +266,12 @@ impl FakeMistral {
 
     /// Its realtime URL, with the model query Mistral's URL has.
     pub fn url(&self) -> String {
-        format!(
-            "ws://{}{REALTIME_PATH}?model=voxtral-mini-transcribe-realtime-2602",
-            self.addr
-        )
+        format!("ws://{}{REALTIME_PATH}?model={DEFAULT_MODEL}", self.addr)
+    }
+
+    /// Its server URL as the SDKs take it (they append [`REALTIME_PATH`]).
+    pub fn server_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Every connection attempt so far (refused handshakes included).
@@ -274,9 +338,20 @@ async fn realtime(
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
     let accepted = authorization.as_deref() == Some(&format!("Bearer {}", shared.opts.api_key));
+    let model =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("model").cloned())
+            .unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(String::new, |p| p.to_string());
     let id = {
         let mut connections = shared.connections.lock().unwrap();
         connections.push(ConnectionLog {
+            path_and_query,
+            model: model.clone(),
             authorization,
             accepted,
             ended: !accepted,
@@ -287,185 +362,7 @@ async fn realtime(
     if !accepted {
         return Ok(HttpResponse::Unauthorized().json(json!({"message": "Unauthorized"})));
     }
-    ws::WsResponseBuilder::new(FakeSession::new(id, shared), &req, payload)
+    ws::WsResponseBuilder::new(FakeSession::new(id, shared, model), &req, payload)
         .frame_size(4 * 1024 * 1024)
         .start()
-}
-
-struct FakeSession {
-    id: usize,
-    shared: Arc<Shared>,
-    bytes_per_second: f64,
-    bytes_per_sample: usize,
-    /// Audio bytes not yet covered by a segment.
-    pending: usize,
-    /// Audio bytes covered by segments so far.
-    covered: usize,
-    segments: Vec<String>,
-    heard_audio: bool,
-}
-
-impl FakeSession {
-    fn new(id: usize, shared: Arc<Shared>) -> Self {
-        FakeSession {
-            id,
-            shared,
-            bytes_per_second: 16_000.0 * 4.0,
-            bytes_per_sample: 4,
-            pending: 0,
-            covered: 0,
-            segments: Vec::new(),
-            heard_audio: false,
-        }
-    }
-
-    fn send(&self, event: Value, ctx: &mut ws::WebsocketContext<Self>) {
-        let text = event.to_string();
-        self.shared
-            .with_log(self.id, |log| log.sent.push(text.clone()));
-        ctx.text(text);
-    }
-
-    fn segment_bytes(&self) -> usize {
-        let bytes = (self.shared.opts.segment_secs * self.bytes_per_second) as usize;
-        (bytes - bytes % self.bytes_per_sample).max(self.bytes_per_sample)
-    }
-
-    fn emit_segment(&mut self, bytes: usize, ctx: &mut ws::WebsocketContext<Self>) {
-        let index = self.segments.len();
-        for delta in segment_deltas(index, bytes) {
-            self.send(
-                json!({"type": "transcription.text.delta", "text": delta}),
-                ctx,
-            );
-        }
-        let start = self.covered as f64 / self.bytes_per_second;
-        self.covered += bytes;
-        let end = self.covered as f64 / self.bytes_per_second;
-        let text = segment_text(index, bytes);
-        self.send(
-            json!({"type": "transcription.segment", "text": text, "start": start, "end": end, "speaker_id": null}),
-            ctx,
-        );
-        self.segments.push(text);
-    }
-
-    fn on_event(&mut self, event: Value, ctx: &mut ws::WebsocketContext<Self>) {
-        match event["type"].as_str() {
-            Some("session.update") => {
-                let format = &event["session"]["audio_format"];
-                self.bytes_per_sample = match format["encoding"].as_str() {
-                    Some("pcm_s16le") => 2,
-                    _ => 4,
-                };
-                let rate = format["sample_rate"].as_f64().unwrap_or(16_000.0);
-                self.bytes_per_second = rate * self.bytes_per_sample as f64;
-                self.send(
-                    json!({"type": "session.updated", "session": event["session"].clone()}),
-                    ctx,
-                );
-            }
-            Some("input_audio.append") => {
-                if let Some(code) = self.shared.opts.error_code {
-                    self.send(
-                        json!({"type": "error", "error": {"message": INTERNAL_ERROR_MESSAGE, "code": code}}),
-                        ctx,
-                    );
-                    ctx.close(Some(ws::CloseReason {
-                        code: ws::CloseCode::Error,
-                        description: None,
-                    }));
-                    ctx.stop();
-                    return;
-                }
-                let audio = base64::engine::general_purpose::STANDARD
-                    .decode(event["audio"].as_str().unwrap_or_default())
-                    .expect("audio is base64");
-                if !self.heard_audio {
-                    self.heard_audio = true;
-                    self.send(
-                        json!({"type": "transcription.language", "audio_language": "en"}),
-                        ctx,
-                    );
-                }
-                self.pending += audio.len();
-                let segment = self.segment_bytes();
-                while self.pending >= segment {
-                    self.pending -= segment;
-                    self.emit_segment(segment, ctx);
-                }
-            }
-            Some("input_audio.end") => {
-                if self.pending > 0 {
-                    let last = std::mem::take(&mut self.pending);
-                    self.emit_segment(last, ctx);
-                }
-                self.send(
-                    json!({"type": "transcription.done", "text": self.segments.join(" "), "model": "voxtral-fake", "usage": {}}),
-                    ctx,
-                );
-            }
-            _ => {} // input_audio.flush and anything else: recorded only
-        }
-    }
-}
-
-impl Actor for FakeSession {
-    type Context = ws::WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let created = json!({
-            "type": "session.created",
-            "session": {"request_id": format!("fake-{}", self.id), "audio_format": {"encoding": "pcm_s16le", "sample_rate": 16000}},
-        });
-        let delay = self.shared.opts.session_created_delay;
-        if delay.is_zero() {
-            self.send(created, ctx);
-        } else {
-            ctx.run_later(delay, move |act, ctx| act.send(created, ctx));
-        }
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.shared.with_log(self.id, |log| log.ended = true);
-    }
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for FakeSession {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        match msg {
-            Ok(ws::Message::Text(text)) => {
-                self.shared.with_log(self.id, |log| {
-                    log.received.push(Upstreamed::Text(text.to_string()))
-                });
-                match serde_json::from_str(&text) {
-                    Ok(event) => self.on_event(event, ctx),
-                    Err(_) => self.send(
-                        json!({"type": "error", "error": {"message": "invalid JSON", "code": 1002}}),
-                        ctx,
-                    ),
-                }
-            }
-            Ok(ws::Message::Binary(data)) => {
-                self.shared.with_log(self.id, |log| {
-                    log.received.push(Upstreamed::Binary(data.len()))
-                });
-            }
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
-            Ok(ws::Message::Close(reason)) => {
-                let code = reason.as_ref().map(|r| u16::from(r.code));
-                self.shared
-                    .with_log(self.id, |log| log.received.push(Upstreamed::Close(code)));
-                ctx.close(reason);
-                ctx.stop();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.shared.with_log(self.id, |log| {
-                    log.received.push(Upstreamed::ProtocolError(e.to_string()))
-                });
-                ctx.stop()
-            }
-        }
-    }
 }
