@@ -94,6 +94,30 @@ pub struct DemoSettings {
     pub thoth_ws_url: String,
 }
 
+/// What happens at a token's `exp` during a session (PROTOCOL.md 2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionTokenCheck {
+    /// Checked once, at connect; `MAX_SESSION_SECS` bounds the session.
+    Connect,
+    /// The session ends at `exp` unless the client sends a fresh token.
+    Continuous,
+}
+
+/// How sessions are bounded and admitted for chronus (issue 10): the token
+/// check, the session length cap and the optional note access check.
+#[derive(Debug, Clone)]
+pub struct ChronusSessionSettings {
+    pub token_check: SessionTokenCheck,
+    /// `MAX_SESSION_SECS` (default 14400): `SESSION_EXPIRED` 4408 after it.
+    pub max_session: Duration,
+    /// `NOTE_ACCESS_URL`: a URL with `{noteId}`, asked before a notes-path
+    /// session is admitted; `None` admits every positive `noteId`.
+    pub note_access_url: Option<String>,
+    /// How long the note access check may take (`NOTE_ACCESS_TIMEOUT_MS`,
+    /// default 5000; shorter in tests).
+    pub note_access_timeout: Duration,
+}
+
 /// The gateway's whole configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -135,6 +159,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Demo-only routes; `None` except under `chronus-gateway demo`.
     pub demo: Option<DemoSettings>,
+    pub chronus: ChronusSessionSettings,
 }
 
 impl fmt::Debug for Config {
@@ -314,7 +339,51 @@ impl Config {
             idle_timeout: vars.secs("IDLE_TIMEOUT_SECS", 60)?,
             shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 10)?,
             demo: None,
+            chronus: read_chronus_settings(&vars)?,
         })
+    }
+}
+
+fn read_chronus_settings(vars: &Vars<'_>) -> Result<ChronusSessionSettings, ConfigError> {
+    let token_check = match vars.get("SESSION_TOKEN_CHECK").as_deref() {
+        None | Some("connect") => SessionTokenCheck::Connect,
+        Some("continuous") => SessionTokenCheck::Continuous,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "SESSION_TOKEN_CHECK",
+                format!("must be `connect` or `continuous`, not {other:?}"),
+            ))
+        }
+    };
+    let max_session = vars.secs("MAX_SESSION_SECS", 14_400)?;
+    if max_session.is_zero() {
+        return Err(ConfigError::new("MAX_SESSION_SECS", "must be at least 1"));
+    }
+    let note_access_url = vars.get("NOTE_ACCESS_URL");
+    if let Some(url) = &note_access_url {
+        check_note_access_url(url)?;
+    }
+    Ok(ChronusSessionSettings {
+        token_check,
+        max_session,
+        note_access_url,
+        note_access_timeout: vars.millis("NOTE_ACCESS_TIMEOUT_MS", 5_000)?,
+    })
+}
+
+fn check_note_access_url(raw: &str) -> Result<(), ConfigError> {
+    const VAR: &str = "NOTE_ACCESS_URL";
+    if !raw.contains("{noteId}") {
+        return Err(ConfigError::new(VAR, "must contain {noteId}"));
+    }
+    let url = url::Url::parse(&raw.replace("{noteId}", "1"))
+        .map_err(|e| ConfigError::new(VAR, format!("not a URL: {e}")))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(()),
+        _ => Err(ConfigError::new(
+            VAR,
+            "must be an http:// or https:// URL with a host",
+        )),
     }
 }
 
@@ -452,12 +521,26 @@ mod tests {
             ("MAX_FRAME_BYTES", "lots"),
             ("JWT_ALGORITHM", "none"),
             ("BIND_ADDR", "localhost"),
+            ("SESSION_TOKEN_CHECK", "sometimes"),
+            ("MAX_SESSION_SECS", "4h"),
+            ("MAX_SESSION_SECS", "0"),
+            ("NOTE_ACCESS_URL", "http://backend/api/notes"),
+            ("NOTE_ACCESS_URL", "ftp://backend/{noteId}"),
         ] {
             let mut map = base();
             map.insert(var.into(), bad.into());
             let err = Config::from_map(&map).unwrap_err();
             assert_eq!(err.var, var, "{bad}");
         }
+    }
+
+    #[test]
+    fn chronus_session_defaults_are_connect_and_four_hours() {
+        let cfg = Config::from_map(&base()).unwrap();
+        assert_eq!(cfg.chronus.token_check, SessionTokenCheck::Connect);
+        assert_eq!(cfg.chronus.max_session, Duration::from_secs(14_400));
+        assert_eq!(cfg.chronus.note_access_url, None);
+        assert_eq!(cfg.chronus.note_access_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub enum ErrorCode {
     IdleTimeout,
     ServerShuttingDown,
     Internal,
+    /// A status code, not an error: the shared thoth socket is back.
+    ThothResumed,
+    SessionExpired,
+    NoteNotFound,
+    /// A service needed for admission (the note access check) did not answer.
+    Unavailable,
+    /// The process-wide session cap (`MAX_SESSIONS`): `TOO_MANY_SESSIONS`
+    /// like the per-user cap, but closed 1013 (try again later) rather than
+    /// 4409, which chronus reads as "a recording is already in progress".
+    TooManySessionsInGateway,
 }
 
 /// Where a failure came from (after pingora's error model): it decides who can
@@ -66,6 +76,11 @@ impl ErrorCode {
             IdleTimeout => "IDLE_TIMEOUT",
             ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             Internal => "INTERNAL",
+            ThothResumed => "THOTH_RESUMED",
+            SessionExpired => "SESSION_EXPIRED",
+            NoteNotFound => "NOTE_NOT_FOUND",
+            Unavailable => "UNAVAILABLE",
+            TooManySessionsInGateway => "TOO_MANY_SESSIONS",
         }
     }
 
@@ -94,6 +109,11 @@ impl ErrorCode {
             IdleTimeout => "No audio received for too long; session closed",
             ServerShuttingDown => "The gateway is restarting; please reconnect",
             Internal => "Internal error",
+            ThothResumed => "Connection to the transcription service restored",
+            SessionExpired => "Maximum session length reached; start a new recording",
+            NoteNotFound => "Note not found",
+            Unavailable => "A service the gateway needs is unavailable; try again shortly",
+            TooManySessionsInGateway => "The gateway is at its session limit; try again shortly",
         }
     }
 
@@ -110,6 +130,8 @@ impl ErrorCode {
                 | MistralUnavailable
                 | IdleTimeout
                 | ServerShuttingDown
+                | Unavailable
+                | TooManySessionsInGateway
         )
     }
 
@@ -129,6 +151,11 @@ impl ErrorCode {
             ServerShuttingDown => Some(1012),
             ThothUnavailable | AuthFailed | ThothError | MistralUnavailable | MistralError
             | Internal => Some(1011),
+            ThothResumed => None,
+            SessionExpired => Some(4408),
+            NoteNotFound => Some(4404),
+            Unavailable => Some(1011),
+            TooManySessionsInGateway => Some(1013),
         }
     }
 
@@ -142,6 +169,9 @@ impl ErrorCode {
             ThothBusy | ThothUnavailable | ThothReconnecting | AuthFailed | ThothError
             | MistralUnavailable | MistralError => ErrorSource::Upstream,
             TooManySessions | ServerShuttingDown | Internal => ErrorSource::Gateway,
+            ThothResumed => ErrorSource::Upstream,
+            SessionExpired | NoteNotFound => ErrorSource::Downstream,
+            Unavailable | TooManySessionsInGateway => ErrorSource::Gateway,
         }
     }
 }
@@ -273,6 +303,20 @@ mod tests {
         assert_eq!(ErrorCode::ThothUnavailable.close_code(), Some(1011));
         assert_eq!(ErrorCode::IdleTimeout.close_code(), Some(4408));
         assert_eq!(ErrorCode::ServerShuttingDown.close_code(), Some(1012));
+    }
+
+    #[test]
+    fn chronus_codes_close_as_the_protocol_says() {
+        assert_eq!(ErrorCode::SessionExpired.close_code(), Some(4408));
+        assert_eq!(ErrorCode::NoteNotFound.close_code(), Some(4404));
+        assert_eq!(ErrorCode::Unavailable.close_code(), Some(1011));
+        assert_eq!(ErrorCode::ThothResumed.close_code(), None);
+        assert_eq!(ErrorCode::TooManySessions.close_code(), Some(4409));
+        assert_eq!(ErrorCode::TooManySessionsInGateway.close_code(), Some(1013));
+        assert_eq!(
+            ErrorCode::TooManySessionsInGateway.as_str(),
+            "TOO_MANY_SESSIONS"
+        );
     }
 
     #[test]

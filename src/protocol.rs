@@ -79,9 +79,12 @@ pub enum ServerEvent<'a> {
         session_id: &'a str,
         provider: Provider,
     },
+    /// `data` and `text` carry the same string: the spec-005 chronus
+    /// frontend reads `data`, the later one `text` (PROTOCOL.md 2.4).
     #[serde(rename = "transcription")]
     Transcription {
         data: &'a str,
+        text: &'a str,
         timestamp: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         start: Option<f64>,
@@ -89,9 +92,26 @@ pub enum ServerEvent<'a> {
         end: Option<f64>,
     },
     #[serde(rename = "transcription.partial")]
-    Partial { data: &'a str, timestamp: String },
+    Partial {
+        data: &'a str,
+        text: &'a str,
+        timestamp: String,
+    },
     #[serde(rename = "done")]
-    Done { data: &'a str, timestamp: String },
+    Done {
+        data: &'a str,
+        text: &'a str,
+        timestamp: String,
+    },
+    /// A non-fatal notice (`THOTH_RECONNECTING`, `THOTH_RESUMED`): not an
+    /// `error`, which chronus's frontends would show as one.
+    #[serde(rename = "status", rename_all = "camelCase")]
+    Status {
+        code: &'a str,
+        message: &'a str,
+        session_id: &'a str,
+        timestamp: String,
+    },
     #[serde(rename = "pong")]
     Pong,
 }
@@ -176,6 +196,7 @@ mod tests {
         );
         let t = ServerEvent::Transcription {
             data: "hi",
+            text: "hi",
             timestamp: "T".into(),
             start: Some(0.0),
             end: Some(1.0),
@@ -183,16 +204,38 @@ mod tests {
         .to_json();
         assert_eq!(
             t,
-            r#"{"type":"transcription","data":"hi","timestamp":"T","start":0.0,"end":1.0}"#
+            r#"{"type":"transcription","data":"hi","text":"hi","timestamp":"T","start":0.0,"end":1.0}"#
         );
         let p = ServerEvent::Partial {
             data: "h",
+            text: "h",
             timestamp: "T".into(),
         }
         .to_json();
         assert_eq!(
             p,
-            r#"{"type":"transcription.partial","data":"h","timestamp":"T"}"#
+            r#"{"type":"transcription.partial","data":"h","text":"h","timestamp":"T"}"#
+        );
+        let done = ServerEvent::Done {
+            data: "a b",
+            text: "a b",
+            timestamp: "T".into(),
+        }
+        .to_json();
+        assert_eq!(
+            done,
+            r#"{"type":"done","data":"a b","text":"a b","timestamp":"T"}"#
+        );
+        let status = ServerEvent::Status {
+            code: "THOTH_RESUMED",
+            message: "m",
+            session_id: "s1",
+            timestamp: "T".into(),
+        }
+        .to_json();
+        assert_eq!(
+            status,
+            r#"{"type":"status","code":"THOTH_RESUMED","message":"m","sessionId":"s1","timestamp":"T"}"#
         );
         assert_eq!(ServerEvent::Pong.to_json(), r#"{"type":"pong"}"#);
     }

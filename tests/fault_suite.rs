@@ -168,11 +168,19 @@ impl Transcript {
             .collect()
     }
 
-    /// Index of the first message of `code`.
-    fn position_of_error(&self, code: &str) -> Option<usize> {
+    /// The codes of the `status` notices (PROTOCOL.md 2.4), in order.
+    fn status_codes(&self) -> Vec<String> {
+        self.messages()
+            .filter(|m| m["type"] == "status")
+            .map(|m| m["code"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    /// Index of the first `status` notice of `code`.
+    fn position_of_status(&self, code: &str) -> Option<usize> {
         self.events
             .iter()
-            .position(|(_, m)| m["type"] == "error" && m["code"] == code)
+            .position(|(_, m)| m["type"] == "status" && m["code"] == code)
     }
 
     /// The finals are exactly `expected`, each once, in order, with their
@@ -549,15 +557,16 @@ async fn every_session_survives(outage: Outage) {
     let mut resumed_after = Vec::new();
     for (i, (transcript, a)) in transcripts.iter().zip(&audio).enumerate() {
         let label = format!("session {i} ({:?}, {} Hz)", a.encoding, a.sample_rate);
+        assert!(transcript.error_codes().is_empty(), "{label}");
         assert_eq!(
-            transcript.error_codes(),
-            vec!["THOTH_RECONNECTING"],
+            transcript.status_codes(),
+            vec!["THOTH_RECONNECTING", "THOTH_RESUMED"],
             "{label}"
         );
         transcript.assert_complete(&a.expected_finals(), &label);
         results_checked += transcript.finals().len();
         let notice = transcript
-            .position_of_error("THOTH_RECONNECTING")
+            .position_of_status("THOTH_RECONNECTING")
             .expect("notice");
         assert!(transcript.events[notice].0 >= crashed_at, "{label}");
         let (first_after, _) = transcript.events[notice..]
@@ -696,15 +705,23 @@ async fn thoth_that_never_returns_ends_every_session_with_thoth_unavailable_in_t
         let label = format!("session {i}");
         assert_eq!(
             transcript.error_codes(),
-            vec!["THOTH_RECONNECTING", "THOTH_UNAVAILABLE"],
+            vec!["THOTH_UNAVAILABLE"],
+            "{label}"
+        );
+        assert_eq!(
+            transcript.status_codes(),
+            vec!["THOTH_RECONNECTING"],
             "{label}"
         );
         transcript.assert_finals(&a.expected_finals()[..1], &label);
-        let notice = transcript.position_of_error("THOTH_RECONNECTING").unwrap();
+        let notice = transcript.position_of_status("THOTH_RECONNECTING").unwrap();
         let (ended_at, last) = transcript.events.last().unwrap();
         assert_eq!(last["code"], "THOTH_UNAVAILABLE", "{label}");
         assert_eq!(last["retryable"], true, "{label}");
-        assert_eq!(transcript.events[notice].1["retryable"], true, "{label}");
+        assert!(
+            transcript.events[notice].1.get("retryable").is_none(),
+            "{label}"
+        );
         assert_eq!(transcript.close, Some(1011), "{label}");
         let after = ended_at.duration_since(stopped_at);
         assert!(
@@ -823,7 +840,10 @@ async fn token_expiry_mid_session_with_and_without_refresh_and_refresh_for_anoth
 {
     let _one_at_a_time = one_at_a_time();
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
-    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    // Today's in-band refresh behaviour, kept exactly under `continuous`.
+    let mut env = base_env(&thoth.url());
+    env.insert("SESSION_TOKEN_CHECK".into(), "continuous".into());
+    let gateway = start_gateway(&env).await;
     let frame = Duration::from_millis(100);
 
     // Without refresh: results until `exp`, then TOKEN_EXPIRED and 4401.
@@ -965,9 +985,10 @@ async fn thoth_announcing_a_socket_error_resumes_every_session() {
     for (i, (transcript, a)) in transcripts(handles).await.iter().zip(&audio).enumerate() {
         let label = format!("session {i}");
         // OVERLOADED without a session is about the socket: no THOTH_BUSY.
+        assert!(transcript.error_codes().is_empty(), "{label}");
         assert_eq!(
-            transcript.error_codes(),
-            vec!["THOTH_RECONNECTING"],
+            transcript.status_codes(),
+            vec!["THOTH_RECONNECTING", "THOTH_RESUMED"],
             "{label}"
         );
         transcript.assert_complete(&a.expected_finals(), &label);

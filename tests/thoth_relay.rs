@@ -170,6 +170,10 @@ async fn end_delivers_the_last_results_then_done_then_close_1000() {
         .all(|f| f["timestamp"].as_str().unwrap().ends_with('Z')));
     // Interim results arrive as transcription.partial and are not part of `done`.
     assert!(!texts_of(&messages, "transcription.partial").is_empty());
+    // Every text event carries `text` beside `data` (PROTOCOL.md 2.4).
+    for m in messages.iter().filter(|m| m["type"] != "ready") {
+        assert_eq!(m["text"], m["data"], "{m}");
+    }
     let done = messages.last().unwrap();
     assert_eq!(done["type"], "done");
     assert_eq!(done["data"], expected.join(" "));
@@ -544,9 +548,12 @@ async fn a_dropped_thoth_socket_is_resumed_and_no_result_is_lost_or_repeated() {
 
     thoth.drop_all_connections();
     for client in [&mut a, &mut b] {
-        let notice = client.expect_type("error").await;
+        // A status notice, not an error: chronus's frontends show every error.
+        let notice = client.expect_type("status").await;
         assert_eq!(notice["code"], "THOTH_RECONNECTING");
-        assert_eq!(notice["retryable"], true);
+        assert!(notice["sessionId"].is_string());
+        assert!(notice["message"].is_string());
+        assert!(notice["timestamp"].is_string());
     }
     // Audio sent during the outage is held and follows the replay.
     a.send_binary(f32_audio(0.25, 1.5)).await;
@@ -565,10 +572,22 @@ async fn a_dropped_thoth_socket_is_resumed_and_no_result_is_lost_or_repeated() {
             .collect();
         // Seconds 1 and 2 after the resume, each exactly once, none repeated.
         assert_eq!(texts, expected_finals(level, 3)[1..].to_vec());
+        assert!(messages.iter().all(|m| m["type"] != "error"));
+        let resumed = messages
+            .iter()
+            .position(|m| m["type"] == "status" && m["code"] == "THOTH_RESUMED")
+            .expect("THOTH_RESUMED once the socket is back");
+        let first_final = messages
+            .iter()
+            .position(|m| m["type"] == "transcription")
+            .unwrap();
+        assert!(resumed < first_final, "resumed before the replayed results");
+        assert_eq!(finals[0]["text"], finals[0]["data"]);
         assert_eq!(finals[0]["start"], 1.0);
         assert_eq!(finals[1]["end"], 3.0);
         let done = messages.last().unwrap();
         assert_eq!(done["type"], "done");
+        assert_eq!(done["text"], done["data"]);
         assert_eq!(done["data"], expected_finals(level, 3).join(" "));
         assert_eq!(close, Some(1000));
     }
@@ -599,6 +618,11 @@ async fn sessions_end_with_thoth_unavailable_when_thoth_does_not_come_back() {
             .map(|m| m["code"].as_str().unwrap())
             .collect();
         assert_eq!(codes, vec!["THOTH_RECONNECTING", "THOTH_UNAVAILABLE"]);
+        let types: Vec<&str> = messages
+            .iter()
+            .map(|m| m["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, vec!["status", "error"]);
         assert_eq!(close, Some(1011));
     }
     assert!(
@@ -621,7 +645,7 @@ async fn audio_beyond_the_replay_buffer_during_an_outage_ends_the_session_at_onc
     thoth.stop();
     for client in [&mut talker, &mut quiet] {
         assert_eq!(
-            client.expect_type("error").await["code"],
+            client.expect_type("status").await["code"],
             "THOTH_RECONNECTING"
         );
     }
@@ -744,7 +768,9 @@ async fn session_caps_idle_timeout_and_rate_limit_close_with_their_codes() {
 #[actix_rt::test]
 async fn token_expiry_mid_session_with_and_without_refresh() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
-    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    let mut env = base_env(&thoth.url());
+    env.insert("SESSION_TOKEN_CHECK".into(), "continuous".into());
+    let gateway = start_gateway(&env).await;
     let short = |sub: &str| token_with(json!({"sub": sub, "exp": now() + 2}));
 
     // Without refresh: TOKEN_EXPIRED and 4401 at `exp`.

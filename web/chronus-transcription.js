@@ -142,6 +142,9 @@ const KIND_OF_CODE = Object.freeze({
   THOTH_ERROR: K.UPSTREAM_ERROR,
   MISTRAL_ERROR: K.UPSTREAM_ERROR,
   IDLE_TIMEOUT: K.TIMEOUT,
+  SESSION_EXPIRED: K.TIMEOUT,
+  NOTE_NOT_FOUND: K.FORBIDDEN,
+  UNAVAILABLE: K.UNAVAILABLE,
   INTERNAL: K.INTERNAL,
 });
 
@@ -163,6 +166,7 @@ const KIND_OF_CLOSE = Object.freeze({
   4400: K.BAD_REQUEST,
   4401: K.UNAUTHORIZED,
   4403: K.FORBIDDEN,
+  4404: K.FORBIDDEN,
   4408: K.TIMEOUT,
   4409: K.BUSY,
   4429: K.RATE_LIMITED,
@@ -200,6 +204,27 @@ export function errorFromEnvelope(envelope) {
     retryable: Boolean(envelope.retryable),
     fatal: !NON_FATAL_CODES.has(code),
   });
+}
+
+/**
+ * The text of a `transcription`, `transcription.partial` or `done` event: the
+ * gateway sends it as both `text` and `data` (older gateways only `data`).
+ */
+export function textOf(message) {
+  if (typeof message.text === 'string') return message.text;
+  return typeof message.data === 'string' ? message.data : null;
+}
+
+/**
+ * A `status` event → what `onStatus` receives: a non-fatal notice
+ * (THOTH_RECONNECTING, THOTH_RESUMED) to show quietly, never as an error.
+ */
+export function statusFromMessage(message) {
+  return {
+    code: typeof message.code === 'string' ? message.code : 'STATUS',
+    message: typeof message.message === 'string' ? message.message : '',
+    reconnecting: message.code === 'THOTH_RECONNECTING',
+  };
 }
 
 /** A close nobody explained → TranscriptionError. */
@@ -303,6 +328,8 @@ function notify(callback, ...args) {
  * - `onFinal(text, event)`: final text, in order; event has `start`/`end` seconds when known.
  * - `onDone(text, event)`: the session's final texts joined with spaces, after stop().
  * - `onError(error)`: a TranscriptionError; `error.fatal === false` is a notice.
+ * - `onStatus(status, event)`: a quiet notice that needs no action
+ *   (`status.code` THOTH_RECONNECTING, then THOTH_RESUMED; proxy only).
  * - `onStateChange(state, {previous, error})`: see State.
  * - `workletUrl`: where pcm-worklet.js is served; default next to this module.
  * - `resampling`: `'browser'` (default: ask the AudioContext for 16 kHz, fall
@@ -591,13 +618,16 @@ class Session {
         if (!this.#streaming) this.#beginStreaming();
         break;
       case 'transcription.partial':
-        notify(this.#o.onPartial, String(message.data ?? ''), message);
+        notify(this.#o.onPartial, textOf(message) ?? '', message);
         break;
       case 'transcription':
-        this.#final(String(message.data ?? ''), message);
+        this.#final(textOf(message) ?? '', message);
         break;
       case 'done':
-        this.#finish(typeof message.data === 'string' ? message.data : this.#finals.join(' '), message);
+        this.#finish(textOf(message) ?? this.#finals.join(' '), message);
+        break;
+      case 'status':
+        notify(this.#o.onStatus, statusFromMessage(message), message);
         break;
       case 'error': {
         const error = errorFromEnvelope(message);

@@ -14,10 +14,28 @@ const LEEWAY_SECS: u64 = 5;
 /// The claims the gateway uses.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Claims {
-    /// The chronus user id.
+    /// The chronus user id: a JSON string or integer (chronus issues
+    /// integers), normalised to its decimal string. Any other type is refused.
+    #[serde(deserialize_with = "sub_as_decimal_string")]
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+}
+
+/// `sub` as a string, or an integer in the i64/u64 range written as its
+/// decimal string (so `7` and `"7"` are the same user). Floats, booleans,
+/// objects, arrays and integers beyond u64 (which JSON parsers read as
+/// floats) are refused: a user id must not depend on float rounding.
+fn sub_as_decimal_string<'de, D>(deserializer: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(sub) => Ok(sub),
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+        _ => Err(D::Error::custom("sub must be a string or an integer")),
+    }
 }
 
 /// Why a token was refused; the label feeds the auth-failure metric.
@@ -81,7 +99,9 @@ impl JwtValidator {
         validation.validate_nbf = true;
         // A configured issuer or audience must also be present: a token
         // without the claim is refused, not waved through.
-        let mut required = vec!["exp", "sub"];
+        // `sub` is required by `Claims` itself: the library's own check would
+        // refuse chronus's integer `sub`, which it only recognises as a string.
+        let mut required = vec!["exp"];
         match &config.issuer {
             Some(issuer) => {
                 validation.set_issuer(&[issuer]);

@@ -17,11 +17,12 @@ use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::{until_expiry, validate_refresh};
+use crate::gateway::admission::validate_refresh;
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::OutboundQueue;
 use crate::gateway::rate::AudioRateLimiter;
+use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
@@ -86,8 +87,9 @@ pub struct ClientActor {
     last_heard: Instant,
     last_audio: Instant,
     started: Instant,
-    /// When the token expires (moves with a refresh).
-    expires_at: Instant,
+    /// When the session must end: `MAX_SESSION_SECS`, and the token's `exp`
+    /// under `SESSION_TOKEN_CHECK=continuous` (moves with a refresh).
+    clock: SessionClock,
     /// When the browser is pinged next.
     next_ping: Instant,
     /// The one timer a session has: token expiry, idle timeout and
@@ -112,7 +114,7 @@ impl ClientActor {
         taken: Arc<AtomicUsize>,
     ) -> Self {
         let now = Instant::now();
-        let expires_at = now + until_expiry(session.token_exp);
+        let clock = SessionClock::new(&session.state.config.chronus, session.token_exp, now);
         ClientActor {
             id_text: session.session_id.to_string(),
             rate: AudioRateLimiter::new(session.state.config.max_audio_rate),
@@ -127,7 +129,7 @@ impl ClientActor {
             last_heard: now,
             last_audio: now,
             started: now,
-            expires_at,
+            clock,
             next_ping: now + HEARTBEAT_INTERVAL,
             tick: None,
             fragments: Reassembler::default(),
@@ -309,7 +311,7 @@ impl ClientActor {
             Ok(claims) => {
                 log::info!("session {}: token refreshed", self.id_text);
                 self.session.token_exp = claims.exp;
-                self.expires_at = Instant::now() + until_expiry(claims.exp);
+                self.clock.token_refreshed(claims.exp);
                 self.schedule_tick(ctx);
             }
             Err(error) => self.report(error, ctx),
@@ -322,7 +324,7 @@ impl ClientActor {
         if let Some(timer) = self.tick.take() {
             ctx.cancel_future(timer);
         }
-        let mut next = self.expires_at.min(self.next_ping);
+        let mut next = self.clock.next_deadline().min(self.next_ping);
         if self.phase != Phase::Ending {
             next = next.min(self.last_audio + self.config().idle_timeout);
         }
@@ -335,8 +337,8 @@ impl ClientActor {
 
     fn on_tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let now = Instant::now();
-        if now >= self.expires_at {
-            return self.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+        if let Some(code) = self.clock.expired(now) {
+            return self.report(GatewayError::new(code), ctx);
         }
         let idle_limit = self.config().idle_timeout;
         if self.phase != Phase::Ending && now.duration_since(self.last_audio) >= idle_limit {
@@ -450,6 +452,7 @@ impl ClientActor {
             }
             ServerEvent::Transcription {
                 data: &text,
+                text: &text,
                 timestamp: now_rfc3339(),
                 start,
                 end,
@@ -457,6 +460,7 @@ impl ClientActor {
         } else {
             ServerEvent::Partial {
                 data: &text,
+                text: &text,
                 timestamp: now_rfc3339(),
             }
         };
@@ -479,6 +483,7 @@ impl ClientActor {
     fn on_done(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let done = ServerEvent::Done {
             data: &self.transcript,
+            text: &self.transcript,
             timestamp: now_rfc3339(),
         }
         .to_json();
@@ -610,7 +615,16 @@ impl Handler<ToClient> for ClientActor {
                 end,
             } => self.on_transcript(text, is_final, start, end, ctx),
             UpstreamEvent::Done => self.on_done(ctx),
-            UpstreamEvent::Notice(notice) => self.report(notice, ctx),
+            UpstreamEvent::Notice(notice) => {
+                let status = ServerEvent::Status {
+                    code: notice.code.as_str(),
+                    message: &notice.message,
+                    session_id: &self.id_text,
+                    timestamp: now_rfc3339(),
+                }
+                .to_json();
+                self.send_text(status, ctx);
+            }
             UpstreamEvent::Failed(error) => {
                 // The upstream already dropped the session.
                 self.upstream = None;

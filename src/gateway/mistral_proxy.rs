@@ -32,14 +32,15 @@ use uuid::Uuid;
 
 use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
+use crate::gateway::admission::validate_refresh;
 use crate::gateway::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, Admitted,
     SELECTABLE_SUBPROTOCOLS,
 };
-use crate::gateway::admission::{until_expiry, validate_refresh};
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
 use crate::gateway::outbound::{CountedStream, OutboundQueue};
+use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
@@ -111,7 +112,8 @@ struct AuthRefresh {
 pub struct MistralProxyActor {
     id_text: String,
     user: String,
-    token_exp: u64,
+    /// `MAX_SESSION_SECS`, and `exp` under `SESSION_TOKEN_CHECK=continuous`.
+    clock: SessionClock,
     state: Arc<AppState>,
     /// Until the connection attempt takes it.
     key: Option<SecretString>,
@@ -143,7 +145,7 @@ impl MistralProxyActor {
             id_text: Uuid::new_v4().to_string(),
             _counted: state.mistral_sessions.open(&user),
             user,
-            token_exp: admitted.claims.exp,
+            clock: SessionClock::new(&state.config.chronus, admitted.claims.exp, now),
             state,
             key: Some(key),
             upstream: Upstream::Connecting,
@@ -318,7 +320,7 @@ impl MistralProxyActor {
         match validate_refresh(&self.state.jwt, &self.user, token) {
             Ok(claims) => {
                 log::info!("mistral native {}: token refreshed", self.id_text);
-                self.token_exp = claims.exp;
+                self.clock.token_refreshed(claims.exp);
                 self.schedule_expiry(ctx);
             }
             Err(error) => self.report(error, ctx),
@@ -329,9 +331,17 @@ impl MistralProxyActor {
         if let Some(timer) = self.expiry_timer.take() {
             ctx.cancel_future(timer);
         }
-        let left = until_expiry(self.token_exp);
+        let left = self
+            .clock
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
         self.expiry_timer = Some(ctx.run_later(left, |act, ctx| {
-            act.report(GatewayError::new(ErrorCode::TokenExpired), ctx);
+            act.expiry_timer = None;
+            match act.clock.expired(Instant::now()) {
+                Some(code) => act.report(GatewayError::new(code), ctx),
+                // Woken early (timer granularity): wait for the rest.
+                None => act.schedule_expiry(ctx),
+            }
         }));
     }
 

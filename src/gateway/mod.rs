@@ -10,3 +10,4 @@ pub mod mistral_proxy;
 pub mod outbound;
 pub mod rate;
 pub mod routes;
+pub mod session_clock;

@@ -382,13 +382,20 @@ impl ThothUpstreamActor {
             self.display_url,
             self.sessions.len()
         );
-        for session_id in self.session_ids(|slot| slot.resuming) {
+        let resuming = self.session_ids(|slot| slot.resuming);
+        for &session_id in &resuming {
             if !self.socket_is(generation) {
                 break; // lost again while resuming: the next socket resumes the rest
             }
             self.resume_session(session_id, ctx);
         }
         if self.socket_is(generation) {
+            // Every session of the socket is back: the status notice pairs
+            // with THOTH_RECONNECTING (a session that failed is gone).
+            for session_id in resuming {
+                let notice = UpstreamEvent::Notice(GatewayError::new(ErrorCode::ThothResumed));
+                self.notify(session_id, notice, ctx);
+            }
             self.resume_deadline = None;
             for session_id in self.session_ids(|slot| slot.phase == Phase::Waiting) {
                 self.start_session(session_id, ctx);

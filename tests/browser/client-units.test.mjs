@@ -103,6 +103,21 @@ test('gateway error codes map to readable kinds, fatal unless the session goes o
   assert.ok(client.errorFromEnvelope({ code: 'THOTH_UNAVAILABLE' }).message.length > 0);
 });
 
+test('transcription text is read from `text`, else `data`', () => {
+  assert.equal(client.textOf({ type: 'transcription', data: 'a', text: 'a' }), 'a');
+  assert.equal(client.textOf({ type: 'transcription', data: 'old gateway' }), 'old gateway');
+  assert.equal(client.textOf({ type: 'done', text: '' }), '');
+  assert.equal(client.textOf({ type: 'done' }), null);
+});
+
+test('status notices are quiet notices, not errors', () => {
+  const status = client.statusFromMessage({ type: 'status', code: 'THOTH_RECONNECTING', message: 'm', sessionId: 's' });
+  assert.deepEqual(status, { code: 'THOTH_RECONNECTING', message: 'm', reconnecting: true });
+  assert.equal(client.statusFromMessage({ type: 'status', code: 'THOTH_RESUMED' }).reconnecting, false);
+  assert.equal(client.errorFromEnvelope({ code: 'SESSION_EXPIRED' }).kind, 'timeout');
+  assert.equal(client.errorFromClose(4404).kind, 'forbidden');
+});
+
 test('close codes without a message map to kinds (legacy thoth sends no envelope)', () => {
   assert.equal(client.errorFromClose(4403).kind, 'forbidden');
   assert.equal(client.errorFromClose(1013).kind, 'busy');
