@@ -153,6 +153,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         keys,
         mistral,
         mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
+        note_sessions: Default::default(),
         config: config.clone(),
     });
 
@@ -164,6 +165,10 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
             .route(
                 "/api/audio/transcribe",
                 web::get().to(gateway::routes::transcribe),
+            )
+            .route(
+                "/api/notes/transcribe-audio",
+                web::get().to(gateway::routes::transcribe_note),
             )
             .configure(http::web::routes)
             .configure(http::settings::routes)

@@ -24,4 +24,6 @@ pub struct AppState {
     pub mistral: MistralEndpoint,
     /// Open Mistral sessions per user, for monitoring.
     pub mistral_sessions: MistralSessions,
+    /// Open notes-path sessions and their notes, for monitoring.
+    pub note_sessions: crate::gateway::note_sessions::NoteSessions,
 }

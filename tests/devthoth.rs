@@ -491,18 +491,48 @@ async fn pings_are_answered_with_pongs() {
     }
 }
 
+/// Samples in one legacy window of today's thoth: 3 s at 16 kHz.
+const WINDOW: usize = 48_000;
+
+/// A legacy handshake that today's thoth refuses: the HTTP status it got
+/// (no WebSocket is ever opened).
+async fn refused_legacy_status(thoth: &DevThoth, headers: &[(&str, &str)]) -> u16 {
+    let mut request = awc::Client::new().ws(thoth.url());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    match request.connect().await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status.as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, the handshake was accepted"),
+    }
+}
+
+/// Reads the close frame and checks it carries 1000 with no reason, and that
+/// no message came before it.
+async fn expect_plain_close_1000(socket: &mut impl WsSocket) {
+    match next_frame(socket).await {
+        Some(Ok(Frame::Close(Some(reason)))) => {
+            assert_eq!(u16::from(reason.code), 1000);
+            assert_eq!(reason.description, None, "no message with the close");
+        }
+        other => panic!("expected close 1000 at once, got {other:?}"),
+    }
+}
+
 #[actix_rt::test]
-async fn legacy_stream_gets_a_transcription_per_window() {
+async fn legacy_stream_gets_a_transcription_per_3_second_window() {
     let thoth = start_thoth(DevThothOptions::default());
     let mut socket = connect_legacy(&thoth).await;
-    let audio = square_wave(0.25, 40_000);
+    // Two and a half windows, in the frames the chronus frontends send.
+    let audio = square_wave(0.25, 2 * WINDOW + WINDOW / 2);
     for chunk in audio.chunks(4096) {
         send_binary(&mut socket, f32le(chunk)).await;
     }
     for window in 0..2 {
         let want = describe_audio(
             window as u64,
-            &audio[window * 16_000..(window + 1) * 16_000],
+            &audio[window * WINDOW..(window + 1) * WINDOW],
         );
         assert_eq!(
             next_json(&mut socket).await,
@@ -511,23 +541,84 @@ async fn legacy_stream_gets_a_transcription_per_window() {
     }
     // The half window is never transcribed (no end-of-audio in legacy).
     expect_nothing_more(&mut socket).await;
+    assert_eq!(thoth.stats().finals_sent(), 2);
+}
 
+#[actix_rt::test]
+async fn a_window_below_rms_0_01_gets_no_answer() {
+    let thoth = start_thoth(DevThothOptions::default());
+    let mut socket = connect_legacy(&thoth).await;
+    let loud = square_wave(0.25, WINDOW);
+    let quiet = square_wave(0.009, WINDOW);
+    let mut audio = loud.clone();
+    audio.extend(&quiet);
+    audio.extend(&loud);
+    for chunk in audio.chunks(4096) {
+        send_binary(&mut socket, f32le(chunk)).await;
+    }
+    // Windows 0 and 2 are answered; the quiet window 1 is skipped, not
+    // renumbered.
+    for window in [0u64, 2] {
+        assert_eq!(
+            next_json(&mut socket).await,
+            json!({ "transcription": describe_audio(window, &loud) })
+        );
+    }
+    expect_nothing_more(&mut socket).await;
+}
+
+#[actix_rt::test]
+async fn a_text_frame_closes_the_legacy_stream_with_1000_and_no_message() {
+    let thoth = start_thoth(DevThothOptions::default());
+    let mut socket = connect_legacy(&thoth).await;
+    send_binary(&mut socket, f32le(&square_wave(0.25, WINDOW / 2))).await;
     socket
         .send(Message::Text("{\"type\":\"end\"}".into()))
         .await
         .expect("send text");
-    let error = next_json(&mut socket).await;
-    assert!(error["error"].is_string(), "{error}");
+    expect_plain_close_1000(&mut socket).await;
+    assert_eq!(thoth.stats().errors_sent(), 0);
+    eventually("the stream is free again", || {
+        thoth.stats().connections_open() == 0
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_partial_float32_sample_closes_the_legacy_stream_with_1000_and_no_message() {
+    let thoth = start_thoth(DevThothOptions::default());
+    let mut socket = connect_legacy(&thoth).await;
+    send_binary(&mut socket, vec![0u8; 4 * 1000 + 2]).await;
+    expect_plain_close_1000(&mut socket).await;
+    assert_eq!(thoth.stats().finals_sent(), 0);
+}
+
+#[actix_rt::test]
+async fn a_legacy_stream_has_no_end_of_audio_message() {
+    let thoth = start_thoth(DevThothOptions::default());
+    let mut socket = connect_legacy(&thoth).await;
+    let audio = square_wave(0.25, WINDOW + 100);
+    send_binary(&mut socket, f32le(&audio)).await;
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({ "transcription": describe_audio(0, &audio[..WINDOW]) })
+    );
+    // Closing is the only way to end: thoth answers the close, nothing else.
+    socket
+        .send(Message::Close(Some(CloseCode::Normal.into())))
+        .await
+        .expect("send close");
+    assert_eq!(expect_close(&mut socket).await, 1000);
 }
 
 #[actix_rt::test]
 async fn legacy_windows_follow_the_configured_length() {
     let thoth = start_thoth(DevThothOptions {
-        legacy_window_secs: 3.0,
+        legacy_window_secs: 1.0,
         ..DevThothOptions::default()
     });
     let mut socket = connect_legacy(&thoth).await;
-    let audio = square_wave(0.5, 48_000);
+    let audio = square_wave(0.5, 16_000);
     send_binary(&mut socket, f32le(&audio)).await;
     let want = describe_audio(0, &audio);
     assert_eq!(
@@ -544,8 +635,8 @@ async fn a_legacy_only_thoth_never_selects_mux() {
     });
     let (selected, mut socket) = connect_with(&thoth.url(), &[MUX_SUBPROTOCOL], &[]).await;
     assert_eq!(selected, None);
-    send_binary(&mut socket, f32le(&[0.25; 16_000])).await;
-    let want = describe_audio(0, &[0.25; 16_000]);
+    send_binary(&mut socket, f32le(&[0.25; WINDOW])).await;
+    let want = describe_audio(0, &[0.25; WINDOW]);
     assert_eq!(
         next_json(&mut socket).await,
         json!({ "transcription": want })
@@ -555,11 +646,12 @@ async fn a_legacy_only_thoth_never_selects_mux() {
 }
 
 #[actix_rt::test]
-async fn a_second_concurrent_legacy_connection_is_closed_with_1013() {
+async fn a_second_concurrent_legacy_handshake_gets_http_403() {
     let thoth = start_thoth(DevThothOptions::default());
     let mut first = connect_legacy(&thoth).await;
-    let (_, mut second) = connect_with(&thoth.url(), &[], &[]).await;
-    assert_eq!(expect_close(&mut second).await, 1013);
+    assert_eq!(refused_legacy_status(&thoth, &[]).await, 403);
+    assert_eq!(thoth.stats().connections_refused(), 1);
+    assert_eq!(thoth.stats().connections_accepted(), 1, "never upgraded");
 
     // Mux sessions are not limited by the legacy stream.
     let _mux = connect_mux(&thoth).await;
@@ -577,8 +669,8 @@ async fn a_second_concurrent_legacy_connection_is_closed_with_1013() {
     })
     .await;
     let mut third = connect_legacy(&thoth).await;
-    send_binary(&mut third, f32le(&[0.1; 16_000])).await;
-    let want = describe_audio(0, &[0.1; 16_000]);
+    send_binary(&mut third, f32le(&[0.1; WINDOW])).await;
+    let want = describe_audio(0, &[0.1; WINDOW]);
     assert_eq!(
         next_json(&mut third).await,
         json!({ "transcription": want })
@@ -586,19 +678,15 @@ async fn a_second_concurrent_legacy_connection_is_closed_with_1013() {
 }
 
 #[actix_rt::test]
-async fn a_handshake_with_an_origin_is_closed_with_4403() {
+async fn an_origin_gets_http_403_in_legacy_and_a_4403_close_in_mux() {
     let thoth = start_thoth(DevThothOptions::default());
-    for protocols in [&[MUX_SUBPROTOCOL][..], &[]] {
-        let (_, mut socket) = connect_with(
-            &thoth.url(),
-            protocols,
-            &[("origin", "https://chronus.example")],
-        )
-        .await;
-        assert_eq!(expect_close(&mut socket).await, 4403);
-    }
+    let origin = [("origin", "https://chronus.example")];
+    assert_eq!(refused_legacy_status(&thoth, &origin).await, 403);
+    let (_, mut mux) = connect_with(&thoth.url(), &[MUX_SUBPROTOCOL], &origin).await;
+    assert_eq!(expect_close(&mut mux).await, 4403);
     assert_eq!(thoth.stats().connections_refused(), 2);
     assert_eq!(thoth.stats().mux_connections(), 0);
+    assert_eq!(thoth.stats().legacy_streams(), 0);
 }
 
 #[actix_rt::test]
@@ -609,18 +697,17 @@ async fn an_allowed_origin_gets_a_legacy_stream_and_others_are_still_refused() {
     });
     thoth.allow_origins(["http://LOCALHOST:8080"]);
 
-    let (_, mut other) =
-        connect_with(&thoth.url(), &[], &[("origin", "http://127.0.0.1:8081")]).await;
-    assert_eq!(expect_close(&mut other).await, 4403);
+    let other = [("origin", "http://127.0.0.1:8081")];
+    assert_eq!(refused_legacy_status(&thoth, &other).await, 403);
 
     for origin in ["http://127.0.0.1:8080", "http://localhost:8080"] {
         let (selected, mut browser) = connect_with(&thoth.url(), &[], &[("origin", origin)]).await;
         assert_eq!(selected, None, "a browser gets the legacy protocol");
-        let second = square_wave(0.25, 16_000);
-        send_binary(&mut browser, f32le(&second)).await;
+        let window = square_wave(0.25, WINDOW);
+        send_binary(&mut browser, f32le(&window)).await;
         assert_eq!(
             next_json(&mut browser).await,
-            json!({"transcription": describe_audio(0, &second)})
+            json!({"transcription": describe_audio(0, &window)})
         );
         browser
             .send(Message::Close(Some(CloseCode::Normal.into())))
@@ -637,7 +724,7 @@ async fn an_allowed_origin_gets_a_legacy_stream_and_others_are_still_refused() {
 }
 
 #[actix_rt::test]
-async fn a_missing_or_wrong_token_is_closed_with_4401() {
+async fn a_missing_or_wrong_token_gets_http_403_in_legacy_and_a_4401_close_in_mux() {
     let thoth = start_thoth(DevThothOptions {
         stream_token: Some("s3cret".to_owned()),
         ..DevThothOptions::default()
@@ -647,8 +734,12 @@ async fn a_missing_or_wrong_token_is_closed_with_4401() {
     let (_, mut wrong) =
         connect_with(&thoth.url(), &[MUX_SUBPROTOCOL], &[(TOKEN_HEADER, "guess")]).await;
     assert_eq!(expect_close(&mut wrong).await, 4401);
-    let (_, mut legacy) = connect_with(&thoth.url(), &[], &[(TOKEN_HEADER, "guess")]).await;
-    assert_eq!(expect_close(&mut legacy).await, 4401);
+    assert_eq!(refused_legacy_status(&thoth, &[]).await, 403);
+    assert_eq!(
+        refused_legacy_status(&thoth, &[(TOKEN_HEADER, "guess")]).await,
+        403
+    );
+    assert_eq!(thoth.stats().legacy_streams(), 0);
 
     let (selected, mut right) = connect_with(
         &thoth.url(),
@@ -664,6 +755,14 @@ async fn a_missing_or_wrong_token_is_closed_with_4401() {
     )
     .await;
     assert_eq!(next_json(&mut right).await["code"], "UNKNOWN_SESSION");
+
+    let (selected, mut legacy) = connect_with(&thoth.url(), &[], &[(TOKEN_HEADER, "s3cret")]).await;
+    assert_eq!(selected, None);
+    send_binary(&mut legacy, f32le(&[0.25; WINDOW])).await;
+    assert_eq!(
+        next_json(&mut legacy).await,
+        json!({"transcription": describe_audio(0, &[0.25; WINDOW])})
+    );
 }
 
 #[actix_rt::test]
@@ -748,8 +847,8 @@ async fn drop_all_connections_ends_sockets_without_a_close_frame() {
     // The server itself is still up, and the legacy stream is free again.
     let _mux = connect_mux(&thoth).await;
     let mut legacy = connect_legacy(&thoth).await;
-    send_binary(&mut legacy, f32le(&[0.2; 16_000])).await;
-    let want = describe_audio(0, &[0.2; 16_000]);
+    send_binary(&mut legacy, f32le(&[0.2; WINDOW])).await;
+    let want = describe_audio(0, &[0.2; WINDOW]);
     assert_eq!(
         next_json(&mut legacy).await,
         json!({ "transcription": want })

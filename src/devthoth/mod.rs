@@ -10,13 +10,17 @@
 //!   and [`DevThothOptions::mux`] is on: many sessions per socket, a final
 //!   `transcription` per second of a session's audio, interim results,
 //!   `session.done` after `session.end`, per-session errors ([`error_code`]);
-//! - **legacy** (3.2) otherwise: one stream at a time, `{"transcription"}`
-//!   per window, a second concurrent stream closed with 1013.
+//! - **legacy** (3.2) otherwise, behaving like today's thoth
+//!   (`REAL-PEERS.md` 3): one stream per process, `{"transcription"}` per
+//!   3 s window (none for a window whose RMS is below 0.01), every refusal
+//!   (busy, `Origin`, token) an HTTP 403 before the upgrade, a text frame or
+//!   a partial sample closed with 1000, no end-of-audio message.
 //!
-//! Both are served on [`STREAM_PATH`]; every other path answers 404. A
+//! Both are served on [`STREAM_PATH`]; every other path answers 404. A mux
 //! handshake carrying `Origin` is upgraded then closed with 4403 (unless that
 //! origin was allowed, see [`DevThothOptions::allowed_origins`]), and a
-//! missing or wrong `x-thoth-token` (when one is configured) with 4401.
+//! missing or wrong `x-thoth-token` (when one is configured) with 4401; a
+//! legacy one gets HTTP 403 for either.
 //!
 //! The server runs on its own thread with its own actix `System`, so it can be
 //! stopped and restarted independently of the caller, and stopping it really
@@ -56,17 +60,23 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub const LEGACY_SAMPLE_RATE: u32 = 16_000;
 /// Accepted mux `sample_rate` range, in Hz.
 pub const MUX_SAMPLE_RATES: std::ops::RangeInclusive<u64> = 8_000..=48_000;
+/// Seconds of audio per legacy window, as today's thoth buffers.
+pub const DEFAULT_LEGACY_WINDOW_SECS: f64 = 3.0;
+/// Legacy windows whose RMS is below this get no answer (thoth's silence gate).
+pub const LEGACY_SILENCE_RMS: f64 = 0.01;
+/// Legacy texts shorter than this (in characters, trimmed) are dropped.
+pub const LEGACY_MIN_TEXT_CHARS: usize = 3;
 /// Default `--bind` of the `dev-thoth` command (the library default is port 0).
 pub const DEFAULT_CLI_BIND: &str = "127.0.0.1:8765";
 
 /// Close codes the dev thoth sends.
 pub mod close_code {
-    /// A handshake carrying `Origin` (a browser).
+    /// Mux: a handshake carrying `Origin` (a browser).
     pub const FORBIDDEN_ORIGIN: u16 = 4403;
-    /// `x-thoth-token` missing or wrong.
+    /// Mux: `x-thoth-token` missing or wrong.
     pub const BAD_TOKEN: u16 = 4401;
-    /// Legacy: a stream is already being served (Try Again Later).
-    pub const LEGACY_BUSY: u16 = 1013;
+    /// Legacy: a text frame or a partial sample (thoth raises, then closes).
+    pub const LEGACY_BAD_INPUT: u16 = 1000;
     /// Mux: a message no session can be blamed for (after a session-less
     /// `BAD_MESSAGE` error).
     pub const POLICY_VIOLATION: u16 = 1008;
@@ -83,16 +93,16 @@ pub struct DevThothOptions {
     /// behave like today's legacy-only thoth (never select it).
     pub mux: bool,
     /// When `Some`, require header `x-thoth-token` equal to it, else close
-    /// 4401 right after the handshake.
+    /// 4401 right after the handshake (mux) or answer HTTP 403 (legacy).
     pub stream_token: Option<String>,
     /// Legacy mode: seconds of audio per `{"transcription"}` window (default
-    /// 1.0, i.e. 16000 samples).
+    /// 3.0, i.e. 48000 samples, like today's thoth).
     pub legacy_window_secs: f64,
     /// Mux: after a binary frame that leaves a partial second pending, send a
     /// non-final hypothesis `listening {secs:.2}s`; default true.
     pub interim_results: bool,
     /// Browser origins (`http://127.0.0.1:8080`) whose handshakes are served
-    /// rather than closed with 4403. Empty, the default, refuses every
+    /// rather than refused (legacy: HTTP 403; mux: closed with 4403). Empty, the default, refuses every
     /// `Origin`, as real thoth does; the demo allows its own page so the
     /// browser client's legacy mode can be tried. More can be added while
     /// running with [`DevThoth::allow_origins`].
@@ -105,7 +115,7 @@ impl Default for DevThothOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             mux: true,
             stream_token: None,
-            legacy_window_secs: 1.0,
+            legacy_window_secs: DEFAULT_LEGACY_WINDOW_SECS,
             interim_results: true,
             allowed_origins: Vec::new(),
         }
@@ -143,15 +153,16 @@ pub struct DevThothStats {
 }
 
 impl DevThothStats {
-    /// WebSocket handshakes completed, refused ones (4403/4401/1013) included.
+    /// WebSocket handshakes completed, mux refusals (4403/4401) included.
     pub fn connections_accepted(&self) -> u64 {
         self.connections_accepted.load(Ordering::SeqCst)
     }
-    /// Connections closed right after the handshake (4403, 4401, 1013).
+    /// Handshakes refused: legacy ones with HTTP 403 (busy, `Origin`,
+    /// token), mux ones closed right after the upgrade (4403, 4401).
     pub fn connections_refused(&self) -> u64 {
         self.connections_refused.load(Ordering::SeqCst)
     }
-    /// Sockets open right now (refused ones count until they are closed).
+    /// Sockets open right now (refused mux ones count until they are closed).
     pub fn connections_open(&self) -> u64 {
         self.connections_open.load(Ordering::SeqCst)
     }
@@ -159,7 +170,7 @@ impl DevThothStats {
     pub fn mux_connections(&self) -> u64 {
         self.mux_connections.load(Ordering::SeqCst)
     }
-    /// Legacy streams served (not counting 1013 refusals).
+    /// Legacy streams served (not counting 403 refusals).
     pub fn legacy_streams(&self) -> u64 {
         self.legacy_streams.load(Ordering::SeqCst)
     }
@@ -192,7 +203,7 @@ impl DevThothStats {
     pub fn interims_sent(&self) -> u64 {
         self.interims_sent.load(Ordering::SeqCst)
     }
-    /// Error messages sent (mux `error`, legacy `{"error"}`).
+    /// Mux error messages sent (legacy thoth sends none).
     pub fn errors_sent(&self) -> u64 {
         self.errors_sent.load(Ordering::SeqCst)
     }
@@ -256,6 +267,23 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&origin)
+    }
+
+    /// Whether the handshake carries an `Origin` that is not allowed.
+    fn origin_refused(&self, req: &HttpRequest) -> bool {
+        req.headers()
+            .get(header::ORIGIN)
+            .is_some_and(|origin| !self.origin_allowed(origin.as_bytes()))
+    }
+
+    /// Whether the handshake's `x-thoth-token` is right (or none is required).
+    fn token_accepted(&self, req: &HttpRequest) -> bool {
+        match &self.opts.stream_token {
+            Some(expected) => {
+                req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes()) == Some(expected.as_bytes())
+            }
+            None => true,
+        }
     }
 
     fn connections_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnectionControl>> {
@@ -488,25 +516,20 @@ async fn stream_audio(
         &[]
     };
 
-    let origin = req.headers().get(header::ORIGIN);
-    if origin.is_some_and(|origin| !shared.origin_allowed(origin.as_bytes())) {
-        let socket = refused::RefusedSocket::new(
-            shared,
-            close_code::FORBIDDEN_ORIGIN,
-            "browser origins are refused",
-        );
-        return upgrade(socket, &req, payload, protocols);
-    }
-    if let Some(expected) = &shared.opts.stream_token {
-        let presented = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
-        if presented != Some(expected.as_bytes()) {
-            let socket =
-                refused::RefusedSocket::new(shared, close_code::BAD_TOKEN, "invalid stream token");
+    if shared.opts.mux && offers_mux(&req) {
+        // The mux protocol (a thoth that does not exist yet) upgrades first
+        // and refuses with a close code a browser could read.
+        let refusal = mux_refusal(&req, &shared);
+        if let Some((close_code, description)) = refusal {
+            let socket = refused::RefusedSocket::new(shared, close_code, description);
             return upgrade(socket, &req, payload, protocols);
         }
-    }
-    if shared.opts.mux && offers_mux(&req) {
         return upgrade(mux::MuxSocket::new(shared), &req, payload, protocols);
+    }
+    // Today's thoth refuses before accepting the WebSocket: under uvicorn
+    // every refusal is an HTTP 403 on the handshake (REAL-PEERS.md 3).
+    if let Some(reason) = legacy::handshake_refusal(&req, &shared) {
+        return Ok(legacy::refuse(&shared, reason));
     }
     match legacy::LegacySlot::claim(&shared) {
         Some(slot) => upgrade(
@@ -515,15 +538,19 @@ async fn stream_audio(
             payload,
             protocols,
         ),
-        None => {
-            let socket = refused::RefusedSocket::new(
-                shared,
-                close_code::LEGACY_BUSY,
-                "a stream is already being served",
-            );
-            upgrade(socket, &req, payload, protocols)
-        }
+        None => Ok(legacy::refuse(&shared, legacy::Refusal::Busy)),
     }
+}
+
+/// Why a mux handshake is refused (close code, description), if it is.
+fn mux_refusal(req: &HttpRequest, shared: &Shared) -> Option<(u16, &'static str)> {
+    if shared.origin_refused(req) {
+        return Some((close_code::FORBIDDEN_ORIGIN, "browser origins are refused"));
+    }
+    if !shared.token_accepted(req) {
+        return Some((close_code::BAD_TOKEN, "invalid stream token"));
+    }
+    None
 }
 
 /// An origin as browsers send it: lowercase, no trailing slash.
@@ -585,12 +612,13 @@ const CLI_USAGE: &str = "usage: chronus-gateway dev-thoth [--bind ADDR] [--legac
 [--token TOKEN] [--window-secs SECS] [--no-interim] [--allow-origin ORIGIN]...\n\
   --bind ADDR         listen address (default 127.0.0.1:8765)\n\
   --legacy-only       never select thoth.mux.v1 (today's thoth)\n\
-  --token TOKEN       require header x-thoth-token: TOKEN (else close 4401)\n\
-  --window-secs SECS  legacy: seconds of audio per transcription (default 1)\n\
+  --token TOKEN       require header x-thoth-token: TOKEN (else mux: close\n\
+                      4401; legacy: HTTP 403)\n\
+  --window-secs SECS  legacy: seconds of audio per transcription (default 3)\n\
   --no-interim        mux: send no interim results\n\
   --allow-origin ORIGIN\n\
                       serve browsers from ORIGIN (e.g. http://localhost:5173)\n\
-                      instead of closing with 4403; repeatable";
+                      instead of refusing them; repeatable";
 
 /// Parses the `dev-thoth` arguments; `Ok(None)` for `--help`.
 fn parse_cli_args(args: &[String]) -> std::io::Result<Option<DevThothOptions>> {
@@ -693,6 +721,6 @@ mod tests {
             ..DevThothOptions::default()
         };
         assert_eq!(opts.legacy_window_samples(), 1);
-        assert_eq!(DevThothOptions::default().legacy_window_samples(), 16_000);
+        assert_eq!(DevThothOptions::default().legacy_window_samples(), 48_000);
     }
 }

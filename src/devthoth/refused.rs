@@ -1,6 +1,7 @@
-//! A connection thoth refuses right after the handshake (4403 for a browser
-//! `Origin`, 4401 for a bad token, 1013 when the legacy stream is busy): a
-//! browser cannot read an HTTP status, so real thoth upgrades then closes.
+//! A mux connection the dev thoth refuses right after the handshake (4403
+//! for a browser `Origin`, 4401 for a bad token): the mux protocol upgrades
+//! then closes, so the refusal's reason can be read. (Legacy refusals are
+//! HTTP 403s before the upgrade, like today's thoth: see `legacy.rs`.)
 
 use std::sync::Arc;
 

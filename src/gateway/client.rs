@@ -20,6 +20,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::gateway::admission::validate_refresh;
 use crate::gateway::fragments::Reassembler;
 use crate::gateway::limits::SessionPermit;
+use crate::gateway::note_sessions::NoteSessionGuard;
 use crate::gateway::outbound::OutboundQueue;
 use crate::gateway::rate::AudioRateLimiter;
 use crate::gateway::session_clock::SessionClock;
@@ -49,6 +50,9 @@ pub type UpstreamConnector =
 /// What a ClientActor is created with.
 pub struct ClientSession {
     pub session_id: Uuid,
+    /// The note a notes-path session records into (PROTOCOL.md 2.7); listed
+    /// in the pool JSON while the session lives.
+    pub note: Option<NoteSessionGuard>,
     pub user: String,
     pub token_exp: u64,
     pub provider: Provider,
@@ -502,8 +506,12 @@ impl Actor for ClientActor {
         metrics::SESSIONS_ACTIVE
             .with_label_values(&[self.session.provider.as_str()])
             .inc();
+        let note = match &self.session.note {
+            Some(guard) => format!(" for note {}", guard.note()),
+            None => String::new(),
+        };
         log::info!(
-            "session {}: opened for user {} (provider {}, {} at {} Hz)",
+            "session {}: opened{note} for user {} (provider {}, {} at {} Hz)",
             self.id_text,
             self.session.user,
             self.session.provider.as_str(),
@@ -568,7 +576,10 @@ impl Actor for ClientActor {
         metrics::SESSION_DURATION
             .with_label_values(&[self.session.provider.as_str()])
             .observe(self.started.elapsed().as_secs_f64());
-        log::info!("session {}: closed", self.id_text);
+        match &self.session.note {
+            Some(guard) => log::info!("session {} (note {}): closed", self.id_text, guard.note()),
+            None => log::info!("session {}: closed", self.id_text),
+        }
     }
 }
 

@@ -34,8 +34,10 @@ impl SessionLimiter {
     pub fn acquire(&self, user: &str) -> Result<SessionPermit, GatewayError> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total {
+            // Closed 1013, not 4409: chronus reads 4409 as "a recording is
+            // already in progress", which is about the user, not the gateway.
             return Err(GatewayError::with_message(
-                ErrorCode::TooManySessions,
+                ErrorCode::TooManySessionsInGateway,
                 "The gateway is at its session limit; try again shortly",
             ));
         }
@@ -96,7 +98,7 @@ mod tests {
         let _b1 = limiter.acquire("b").unwrap();
         assert_eq!(
             limiter.acquire("c").unwrap_err().code,
-            ErrorCode::TooManySessions
+            ErrorCode::TooManySessionsInGateway
         );
         drop(a1);
         assert_eq!(limiter.total(), 2);

@@ -7,6 +7,8 @@ pub mod client;
 pub mod fragments;
 pub mod limits;
 pub mod mistral_proxy;
+pub mod note_access;
+pub mod note_sessions;
 pub mod outbound;
 pub mod rate;
 pub mod routes;

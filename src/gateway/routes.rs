@@ -1,4 +1,6 @@
-//! `GET /api/audio/transcribe`: admission, query parsing, then a ClientActor.
+//! `GET /api/audio/transcribe` and `GET /api/notes/transcribe-audio` (the
+//! same chronus protocol, with a required `noteId`, PROTOCOL.md 2.7):
+//! admission, query parsing, then a ClientActor.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -17,6 +19,8 @@ use crate::gateway::admission::{
     SELECTABLE_SUBPROTOCOLS,
 };
 use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
+use crate::gateway::note_access::{check_note_access, note_id_from_query};
+use crate::gateway::note_sessions::NoteSessionGuard;
 use crate::gateway::outbound::CountedStream;
 use crate::protocol::Provider;
 use crate::state::AppState;
@@ -82,11 +86,65 @@ fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
+/// Which chronus path a session came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChronusPath {
+    /// `/api/audio/transcribe`: `noteId` optional and not checked.
+    Transcribe,
+    /// `/api/notes/transcribe-audio`: `noteId` required and checked (2.7).
+    Notes,
+}
+
 /// The chronus transcription WebSocket.
 pub async fn transcribe(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    open_chronus_session(req, payload, state, ChronusPath::Transcribe).await
+}
+
+/// The later chronus frontend's path: the same protocol for one note.
+pub async fn transcribe_note(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    open_chronus_session(req, payload, state, ChronusPath::Notes).await
+}
+
+/// The notes path's own admission, after the token: a valid `noteId`, and
+/// the notes backend's consent when `NOTE_ACCESS_URL` is set. Books the
+/// session under its note for monitoring.
+async fn admit_note(
+    req: &HttpRequest,
+    state: &AppState,
+    session_id: Uuid,
+    provider: Provider,
+) -> Result<NoteSessionGuard, GatewayError> {
+    let note = note_id_from_query(req.query_string()).inspect_err(|_| {
+        log::info!("session {session_id}: refused: noteId missing or not a positive integer");
+    })?;
+    // Admission found the token already: it is there.
+    let token = crate::auth::token_from_request(req, &state.config.jwt.cookie_name)
+        .map(|(token, _)| token)
+        .unwrap_or_default();
+    check_note_access(&state.config.chronus, note, &token)
+        .await
+        .inspect_err(|error| {
+            log::info!(
+                "session {session_id} (note {note}): refused: {}",
+                error.code
+            );
+        })?;
+    Ok(state.note_sessions.open(session_id, note, provider))
+}
+
+async fn open_chronus_session(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    path: ChronusPath,
 ) -> Result<HttpResponse, actix_web::Error> {
     if !is_websocket_upgrade(&req) {
         return Ok(upgrade_required());
@@ -98,6 +156,14 @@ pub async fn transcribe(
     let request = match parse_session_query(req.query_string()) {
         Ok(request) => request,
         Err(error) => return reject_websocket(&req, payload, error),
+    };
+    let session_id = Uuid::new_v4();
+    let note = match path {
+        ChronusPath::Transcribe => None,
+        ChronusPath::Notes => match admit_note(&req, &state, session_id, request.provider).await {
+            Ok(note) => Some(note),
+            Err(error) => return reject_websocket(&req, payload, error),
+        },
     };
     let legacy_thoth = state.config.thoth_protocol == ThothProtocol::Legacy;
     if request.provider == Provider::Thoth && legacy_thoth && request.format.sample_rate != 16_000 {
@@ -136,7 +202,8 @@ pub async fn transcribe(
         }
     };
     let session = ClientSession {
-        session_id: Uuid::new_v4(),
+        session_id,
+        note,
         user: admitted.claims.sub,
         token_exp: admitted.claims.exp,
         provider: request.provider,

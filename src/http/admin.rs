@@ -29,6 +29,8 @@ struct PoolReport {
     /// Open Mistral sessions (chronus and native), per user.
     mistral: MistralSessionsSnapshot,
     sessions_open: usize,
+    /// Notes-path sessions: each session id beside its `noteId`.
+    notes: Vec<crate::gateway::note_sessions::NoteSessionEntry>,
 }
 
 async fn pool(state: web::Data<AppState>) -> HttpResponse {
@@ -36,6 +38,7 @@ async fn pool(state: web::Data<AppState>) -> HttpResponse {
         thoth: state.thoth.snapshot().await,
         mistral: state.mistral_sessions.snapshot(),
         sessions_open: state.sessions.total(),
+        notes: state.note_sessions.snapshot(),
     })
 }
 
