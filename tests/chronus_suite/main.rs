@@ -28,7 +28,7 @@ use common::*;
 use notes_backend::NotesBackend;
 use serde_json::{json, Value};
 
-const NOTES_PATH: &str = "/api/audio/transcribe";
+const NOTES_PATH: &str = "/api/notes/transcribe-audio";
 /// chronus's spec: user 7 owns note 123.
 const OWNER_ID: u64 = 7;
 const OWNED_NOTE_ID: u64 = 123;
