@@ -265,6 +265,10 @@ impl Config {
         for url in &thoth_ws_urls {
             check_ws_url("THOTH_WS_URL", url)?;
         }
+        let thoth_ws_urls: Vec<String> = thoth_ws_urls
+            .iter()
+            .map(|url| with_default_thoth_path(url))
+            .collect();
         if thoth_ws_urls.is_empty() {
             return Err(ConfigError::new("THOTH_WS_URL", "names no endpoint"));
         }
@@ -474,6 +478,22 @@ fn check_ws_url(var: &'static str, raw: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Thoth's stream path, appended to a `THOTH_WS_URL` that names none (chronus
+/// configures thoth as `ws://host:port` and appends it itself).
+pub const DEFAULT_THOTH_PATH: &str = "/stream-audio";
+
+/// `ws://host:8765` (or `ws://host:8765/`) → `ws://host:8765/stream-audio`;
+/// a URL with a path is kept exactly as written.
+fn with_default_thoth_path(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.path().is_empty() || url.path() == "/" => {
+            url.set_path(DEFAULT_THOTH_PATH);
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,6 +611,26 @@ mod tests {
         assert_eq!(
             cfg.thoth_ws_urls,
             vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
+        );
+    }
+
+    #[test]
+    fn a_thoth_url_without_a_path_gets_stream_audio() {
+        let mut map = base();
+        map.insert(
+            "THOTH_WS_URL".into(),
+            "ws://127.0.0.1:8765, wss://thoth.internal:8443/, ws://h:1/custom?x=1, ws://h:2?x=1"
+                .into(),
+        );
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(
+            cfg.thoth_ws_urls,
+            vec![
+                "ws://127.0.0.1:8765/stream-audio",
+                "wss://thoth.internal:8443/stream-audio",
+                "ws://h:1/custom?x=1",
+                "ws://h:2/stream-audio?x=1",
+            ]
         );
     }
 }

@@ -181,11 +181,13 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
              \n  pool monitor:   http://{admin}/api/transcription/pool\
              \n  metrics:        http://{admin}/metrics\
              \n\nA token for user {DEMO_USER}, valid 12 hours (the demo page can fetch one too):\n\n{token}\n\
-             \nTry it (the dev thoth answers each second of audio with a description of it):\n\
+             \nTry it (the dev thoth answers each {unit} of audio with a description of it):\n\
              \n  websocat -b 'ws://{public}/api/audio/transcribe?token={token}'\n\
              {mistral}\nPress Ctrl-C to stop.\n",
             thoth_url = thoth.url(),
             mode = if args.legacy { "gateway uses its legacy protocol" } else { "gateway uses mux protocol v1" },
+            // Legacy thoth answers per 3 s window, like today's thoth.
+            unit = if args.legacy { "3 s window" } else { "second" },
         );
         gateway.serve_until_signal().await?;
         thoth.stop();

@@ -146,7 +146,10 @@ impl ErrorCode {
             BadMessage | InvalidAudioFormat | ThothReconnecting => None,
             MessageTooLarge => Some(1009),
             RateLimited => Some(4429),
-            TooManySessions | ThothBusy => Some(4409),
+            TooManySessions => Some(4409),
+            // No free legacy thoth (PROTOCOL.md 2.5): try again later. 4409
+            // would read as "a recording is already in progress" in chronus.
+            ThothBusy => Some(1013),
             IdleTimeout => Some(4408),
             ServerShuttingDown => Some(1012),
             ThothUnavailable | AuthFailed | ThothError | MistralUnavailable | MistralError
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(ErrorCode::BadMessage.close_code(), None);
         assert_eq!(ErrorCode::MessageTooLarge.close_code(), Some(1009));
         assert_eq!(ErrorCode::RateLimited.close_code(), Some(4429));
-        assert_eq!(ErrorCode::ThothBusy.close_code(), Some(4409));
+        assert_eq!(ErrorCode::ThothBusy.close_code(), Some(1013));
         assert_eq!(ErrorCode::ThothUnavailable.close_code(), Some(1011));
         assert_eq!(ErrorCode::IdleTimeout.close_code(), Some(4408));
         assert_eq!(ErrorCode::ServerShuttingDown.close_code(), Some(1012));

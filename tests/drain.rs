@@ -33,7 +33,8 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
     let ending_token = token_for("ending");
     let mut ending = connect(&url, Auth::Query(&ending_token), None).await.client;
     ending.expect_type("ready").await;
-    ending.send_binary(f32_audio(0.5, 1.0)).await;
+    // One whole window of the legacy dev thoth (3 s, like today's thoth).
+    ending.send_binary(f32_audio(0.5, 3.0)).await;
     ending.expect_type("transcription").await;
     ending.send_json(json!({"type": "end"})).await;
     streaming.send_binary(f32_audio(0.25, 0.5)).await;

@@ -1544,7 +1544,7 @@ async fn per_session_errors_end_only_their_session(victims: &[(&str, &str, u16)]
 async fn a_per_session_thoth_error_ends_only_that_session() {
     let _one_at_a_time = one_at_a_time();
     per_session_errors_end_only_their_session(&[
-        ("OVERLOADED", "THOTH_BUSY", 4409),
+        ("OVERLOADED", "THOTH_BUSY", 1013),
         ("UNKNOWN_SESSION", "THOTH_ERROR", 1011),
         ("BAD_MESSAGE", "THOTH_ERROR", 1011),
         ("SOMETHING_NEW", "THOTH_ERROR", 1011),

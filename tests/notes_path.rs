@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
 use chronus_gateway::RunningGateway;
+use common::process::GatewayProcess;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -317,5 +318,40 @@ async fn the_notes_path_still_checks_the_token_first() {
     assert!(backend.requests().is_empty(), "no token, no backend call");
     assert_eq!(thoth.stats().connections_accepted(), 0);
     gateway.stop().await;
+    thoth.stop();
+}
+
+#[actix_rt::test]
+async fn the_users_token_sent_to_the_notes_backend_never_reaches_the_log() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let backend = NotesBackend::start(Backend::Status(200)).await;
+    let mut env = base_env(&thoth.url());
+    env.insert("NOTE_ACCESS_URL".into(), backend.url());
+    env.insert("RUST_LOG".into(), "trace".into());
+    let mut gateway = GatewayProcess::start(&env);
+    let token = chronus_token(7);
+    let url = format!("ws://{}{NOTES}?noteId=42", gateway.public_addr);
+    let mut client = connect(&url, Auth::Subprotocol(&token), None).await.client;
+    client.expect_type("ready").await;
+    client.close().await;
+    client.until_close(Duration::from_secs(5)).await;
+    assert_eq!(backend.requests().len(), 1, "the backend was asked");
+
+    gateway.child.kill().unwrap();
+    let log = gateway.drain_log(Duration::from_secs(2)).join("\n");
+    assert!(
+        log.contains("note 42"),
+        "the note is in the session's log lines"
+    );
+    assert!(
+        log.contains(&format!("127.0.0.1:{}/api/notes/42", backend.port)),
+        "the note URL may be logged"
+    );
+    assert!(
+        !log.contains(token.as_str()),
+        "the token leaked into the log"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "the token's signature leaked");
     thoth.stop();
 }

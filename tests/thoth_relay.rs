@@ -242,6 +242,12 @@ async fn thoth_down_gives_thoth_unavailable_after_exactly_three_retries() {
     gateway.stop().await;
 }
 
+/// What the legacy dev thoth (like today's thoth) says for window `index`
+/// of 3 s of constant `level`.
+fn legacy_window_text(level: f32, index: u64) -> String {
+    describe_audio(index, &vec![level; 48_000])
+}
+
 #[actix_rt::test]
 async fn legacy_mode_serves_one_session_and_a_second_gets_thoth_busy() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
@@ -250,10 +256,10 @@ async fn legacy_mode_serves_one_session_and_a_second_gets_thoth_busy() {
     let gateway = start_gateway(&env).await;
 
     let mut first = open_session(&gateway, "first").await;
-    first.send_binary(f32_audio(0.25, 1.0)).await;
+    first.send_binary(f32_audio(0.25, 3.0)).await;
     assert_eq!(
         first.expect_type("transcription").await["data"],
-        expected_finals(0.25, 1)[0]
+        legacy_window_text(0.25, 0)
     );
 
     let token = token_for("second");
@@ -262,18 +268,19 @@ async fn legacy_mode_serves_one_session_and_a_second_gets_thoth_busy() {
         .client;
     let (messages, close) = second.until_close(Duration::from_secs(5)).await;
     assert_eq!(messages.last().unwrap()["code"], "THOTH_BUSY");
-    assert_eq!(close, Some(4409));
+    assert_eq!(messages.last().unwrap()["retryable"], true);
+    assert_eq!(close, Some(1013));
 
     // The first session is unaffected.
-    first.send_binary(f32_audio(0.25, 1.0)).await;
+    first.send_binary(f32_audio(0.25, 3.0)).await;
     first.send_json(json!({"type": "end"})).await;
     let (messages, close) = first.until_close(Duration::from_secs(5)).await;
-    let expected = describe_audio(1, &vec![0.25; 16_000]);
+    let expected = legacy_window_text(0.25, 1);
     assert_eq!(texts_of(&messages, "transcription"), vec![expected.clone()]);
     assert_eq!(messages.last().unwrap()["type"], "done");
     assert_eq!(
         messages.last().unwrap()["data"],
-        format!("{} {expected}", expected_finals(0.25, 1)[0])
+        format!("{} {expected}", legacy_window_text(0.25, 0))
     );
     assert_eq!(close, Some(1000));
 
@@ -286,10 +293,10 @@ async fn legacy_mode_serves_one_session_and_a_second_gets_thoth_busy() {
     );
     assert_eq!(ref_count(&gateway).await, 0);
     let mut third = open_session(&gateway, "third").await;
-    third.send_binary(f32_audio(0.5, 1.0)).await;
+    third.send_binary(f32_audio(0.5, 3.0)).await;
     assert_eq!(
         third.expect_type("transcription").await["data"],
-        expected_finals(0.5, 1)[0]
+        legacy_window_text(0.5, 0)
     );
     gateway.stop().await;
     thoth.stop();
@@ -297,14 +304,15 @@ async fn legacy_mode_serves_one_session_and_a_second_gets_thoth_busy() {
 
 #[actix_rt::test]
 async fn s16le_audio_is_converted_exactly_in_both_modes() {
-    let samples: Vec<i16> = (0..16_000)
+    // Three seconds: a mux final is one second, a legacy window three.
+    let samples: Vec<i16> = (0..48_000)
         .map(|i| ((i * 37) % 65_536 - 32_768) as i16)
         .collect();
     let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let as_f32: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
-    let expected = describe_audio(0, &as_f32);
 
-    for protocol in ["mux", "legacy"] {
+    for (protocol, first_result) in [("mux", 16_000), ("legacy", 48_000)] {
+        let expected = describe_audio(0, &as_f32[..first_result]);
         let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
         let mut env = base_env(&thoth.url());
         env.insert("THOTH_PROTOCOL".into(), protocol.into());

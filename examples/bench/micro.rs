@@ -77,6 +77,7 @@ pub fn run() -> Vec<(&'static str, f64)> {
                 black_box(
                     ServerEvent::Partial {
                         data: black_box("ack 1280 0123456789abcdef"),
+                        text: black_box("ack 1280 0123456789abcdef"),
                         timestamp: now_rfc3339(),
                     }
                     .to_json(),

@@ -85,7 +85,8 @@ pub struct WsTarget {
 pub enum ConnectFailure {
     /// Network error, timeout, or a 5xx: worth retrying.
     Unreachable(String),
-    /// The upstream refused our credentials (HTTP 401/403).
+    /// The upstream refused the handshake (HTTP 401/403): our credentials,
+    /// or (today's thoth, whose every refusal is a 403) it is busy.
     Refused(u16),
     /// Any other answer that retrying will not change.
     Rejected(String),
@@ -101,7 +102,7 @@ impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectFailure::Unreachable(why) => write!(f, "unreachable: {why}"),
-            ConnectFailure::Refused(status) => write!(f, "refused credentials (HTTP {status})"),
+            ConnectFailure::Refused(status) => write!(f, "refused (HTTP {status})"),
             ConnectFailure::Rejected(why) => write!(f, "rejected: {why}"),
         }
     }

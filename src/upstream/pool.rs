@@ -65,7 +65,10 @@ impl ThothPool {
     }
 
     /// Subscribes a session to an endpoint: in `mux` mode the least loaded
-    /// one; in `legacy` mode the first free one, `THOTH_BUSY` when none is.
+    /// one; in `legacy` mode the first free one that accepts the stream
+    /// (PROTOCOL.md 3.2): a refused handshake or an unreachable endpoint
+    /// moves on to the next, and when none is left the session hears
+    /// `THOTH_BUSY` (if any refused) or `THOTH_UNAVAILABLE`.
     pub async fn subscribe(&self, request: Subscribe) -> Result<UpstreamLink, GatewayError> {
         let mut order: Vec<&Endpoint> = self.endpoints.iter().collect();
         order.sort_by_key(|e| e.ref_count.load(Ordering::Relaxed));
@@ -79,12 +82,14 @@ impl ThothPool {
             return Ok(UpstreamLink::thoth(&endpoint.addr, route));
         }
         // Legacy: the actor itself refuses a second session, so two sessions
-        // racing for one free endpoint cannot both get it.
+        // racing for one free endpoint cannot both get it. Its answer waits
+        // until thoth accepted or refused the handshake.
         let Subscribe {
             session_id,
             format,
             client,
         } = request;
+        let (mut busy, mut unreachable) = (false, false);
         for endpoint in order
             .into_iter()
             .filter(|e| e.ref_count.load(Ordering::Relaxed) == 0)
@@ -101,11 +106,19 @@ impl ThothPool {
                 .map_err(mailbox_error)?
             {
                 Ok(route) => return Ok(UpstreamLink::thoth(&endpoint.addr, route)),
-                Err(e) if e.code == ErrorCode::ThothBusy => continue,
+                Err(e) if e.code == ErrorCode::ThothBusy => busy = true,
+                Err(e) if e.code == ErrorCode::ThothUnavailable => unreachable = true,
+                // e.g. AUTH_FAILED (a close 4401/4403 after the upgrade):
+                // every endpoint shares the gateway's credentials.
                 Err(e) => return Err(e),
             }
         }
-        Err(GatewayError::new(ErrorCode::ThothBusy))
+        let code = if unreachable && !busy {
+            ErrorCode::ThothUnavailable
+        } else {
+            ErrorCode::ThothBusy
+        };
+        Err(GatewayError::new(code))
     }
 
     /// Every endpoint's monitoring snapshot, in configuration order.

@@ -39,6 +39,10 @@ use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
 
+#[path = "thoth_legacy.rs"]
+mod legacy;
+pub use legacy::{Refusal, LEGACY_REFUSAL_WINDOW};
+
 /// The gateway pings thoth this often; two intervals without a pong mean the
 /// socket is dead.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -194,6 +198,8 @@ pub struct EndpointSnapshot {
     pub connected_since: Option<DateTime<Utc>>,
     pub reconnects: u64,
     pub last_error: Option<String>,
+    /// Legacy: the last refused handshake (what, when, what it may mean).
+    pub last_refusal: Option<Refusal>,
 }
 
 /// Asks an upstream actor for its [`EndpointSnapshot`].
@@ -216,6 +222,9 @@ pub struct ThothUpstreamActor {
     last_error: Option<String>,
     /// Set while sessions wait for a lost mux socket to come back.
     resume_deadline: Option<Instant>,
+    /// Legacy: the session whose handshake is not settled yet.
+    pending_join: Option<legacy::PendingJoin>,
+    last_refusal: Option<Refusal>,
 }
 
 impl ThothUpstreamActor {
@@ -233,6 +242,8 @@ impl ThothUpstreamActor {
             lost_unexpectedly: false,
             last_error: None,
             resume_deadline: None,
+            pending_join: None,
+            last_refusal: None,
         }
     }
 
@@ -370,6 +381,10 @@ impl ThothUpstreamActor {
             return;
         }
         self.open_socket(generation, connected.framed, ctx);
+        if !self.is_mux() {
+            // Legacy: the session starts once thoth has kept the socket.
+            return self.legacy_socket_opened(generation, ctx);
+        }
         if self.lost_unexpectedly {
             self.lost_unexpectedly = false;
             self.reconnects += 1;
@@ -426,6 +441,7 @@ impl ThothUpstreamActor {
             return;
         }
         let error = match failure {
+            ConnectFailure::Refused(403) if !self.is_mux() => self.legacy_refused_with_403(),
             ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
             _ => GatewayError::new(ErrorCode::ThothUnavailable),
         };
@@ -580,6 +596,7 @@ impl ThothUpstreamActor {
 
     /// Removes a session and closes its audio route.
     fn forget(&mut self, session_id: &Uuid) -> Option<SessionSlot> {
+        self.drop_pending_join(session_id);
         let slot = self.sessions.remove(session_id)?;
         slot.route.lock().close();
         Some(slot)
@@ -609,6 +626,8 @@ impl ThothUpstreamActor {
 
     /// Ends every session with `error` and drops the socket.
     fn fail_all(&mut self, error: GatewayError, ctx: &mut Context<Self>) {
+        // A legacy session whose handshake is not settled hears it from the pool.
+        self.refuse_pending_join(&error);
         log::debug!(
             "thoth {}: ending all {} session(s): {error}",
             self.display_url,
@@ -763,30 +782,6 @@ impl ThothUpstreamActor {
         }
     }
 
-    fn on_legacy_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        #[derive(serde::Deserialize)]
-        struct LegacyResult {
-            transcription: String,
-        }
-        let Ok(result) = serde_json::from_str::<LegacyResult>(text) else {
-            log::warn!(
-                "thoth {}: skipping a frame that is not a transcription",
-                self.display_url
-            );
-            return;
-        };
-        // A legacy endpoint carries at most one session.
-        if let Some(session_id) = self.sessions.keys().next().copied() {
-            let event = UpstreamEvent::Transcript {
-                text: result.transcription,
-                is_final: true,
-                start: None,
-                end: None,
-            };
-            self.notify(session_id, event, ctx);
-        }
-    }
-
     fn on_close(&mut self, reason: Option<CloseReason>, ctx: &mut Context<Self>) {
         let code = reason.as_ref().map(|r| u16::from(r.code));
         let error = match code {
@@ -794,6 +789,9 @@ impl ThothUpstreamActor {
             Some(4401) | Some(4403) => Some(ErrorCode::AuthFailed),
             _ => None,
         };
+        if code == Some(1013) && !self.is_mux() {
+            self.legacy_closed_with_1013();
+        }
         match error {
             Some(code_for_sessions) => {
                 let why = format!("thoth closed the socket with {}", code.unwrap_or_default());
@@ -902,16 +900,14 @@ impl Actor for ThothUpstreamActor {
 }
 
 impl Handler<Join> for ThothUpstreamActor {
-    type Result = Result<AudioRoute, GatewayError>;
+    type Result = ResponseFuture<Result<AudioRoute, GatewayError>>;
 
     fn handle(&mut self, Join(msg): Join, ctx: &mut Context<Self>) -> Self::Result {
-        if !self.is_mux() && !self.sessions.is_empty() {
-            return Err(GatewayError::new(ErrorCode::ThothBusy));
+        if !self.is_mux() {
+            return self.join_legacy(msg, ctx);
         }
-        let replay = self
-            .is_mux()
-            .then(|| ReplayBuffer::new(msg.format, self.config.replay_max_secs));
-        let route = AudioRoute::new(msg.session_id, replay);
+        let replay = ReplayBuffer::new(msg.format, self.config.replay_max_secs);
+        let route = AudioRoute::new(msg.session_id, Some(replay));
         self.sessions.insert(
             msg.session_id,
             SessionSlot {
@@ -935,7 +931,7 @@ impl Handler<Join> for ThothUpstreamActor {
             Link::Down => self.connect(ctx),
             Link::Connecting { .. } => {}
         }
-        Ok(route)
+        Box::pin(std::future::ready(Ok(route)))
     }
 }
 
@@ -1058,6 +1054,7 @@ impl Handler<GetSnapshot> for ThothUpstreamActor {
             },
             reconnects: self.reconnects,
             last_error: self.last_error.clone(),
+            last_refusal: self.last_refusal.clone(),
         })
     }
 }

@@ -28,6 +28,8 @@ const TONE = { hz: 440, amplitude: 0.5, sampleRate: 48000, seconds: 10 };
 const TONE_RMS = TONE.amplitude / Math.SQRT2;
 /** How long each session records. */
 const RECORD_MS = 3500;
+/** Legacy thoth answers per 3 s window: record long enough for two of them. */
+const LEGACY_RECORD_MS = 8000;
 /** What the dev thoth says for a second (a legacy window) of audio. */
 const DEV_THOTH_LINE = /^second (\d+): rms (\d+\.\d{4}) checksum ([0-9a-f]{8})$/;
 const STEP_TIMEOUT_MS = 20000;
@@ -166,11 +168,11 @@ async function withDemoPage(query, body) {
 }
 
 /** Records RECORD_MS of the fake microphone, stops, and returns what the page showed. */
-async function recordAndStop(page) {
+async function recordAndStop(page, recordMs = RECORD_MS) {
   await page.click('#record');
   await page.waitForSelector('#status[data-state=recording]', { timeout: STEP_TIMEOUT_MS });
   const recordingFrom = Date.now();
-  await page.waitForTimeout(RECORD_MS);
+  await page.waitForTimeout(recordMs);
   const recordedMs = Date.now() - recordingFrom;
   await page.click('#record');
   await page.waitForSelector('#status[data-state=idle][data-done=true]', { timeout: STEP_TIMEOUT_MS });
@@ -236,7 +238,7 @@ test('legacy mode: the browser streams straight to thoth and the transcript appe
   await withDemoPage({ mode: 'legacy', resampling: 'worklet' }, async (page) => {
     assert.match(await page.locator('#thoth-url').inputValue(), /^ws:\/\/127\.0\.0\.1:\d+$/, '/demo/config filled in thoth');
     assert.equal(await page.locator('#token-field').isHidden(), true, 'legacy mode needs no token');
-    const result = await recordAndStop(page);
+    const result = await recordAndStop(page, LEGACY_RECORD_MS);
     // Legacy thoth answers whole windows only; the rest is lost (its limit).
     checkTranscript(result, { lastIsPartial: false });
     assert.match(result.audio, /resampled by the worklet/);
