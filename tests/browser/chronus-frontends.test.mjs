@@ -10,7 +10,9 @@
 // origins, localhost and 127.0.0.1, so each page has its own localStorage).
 // chronus-pages/probe.js records what went over the socket. The dev thoth's
 // text is a checksum of the audio it got, so the test knows what every
-// transcription must say. About 100 s (the two recordings overlap).
+// transcription must say. About 100 s (the two recordings overlap). Then the
+// later frontend meets two refusals and must show its own message for each
+// close code (4404, 4401).
 //
 // Environment: GATEWAY_BIN, CHROMIUM_BIN (see run.sh).
 
@@ -73,10 +75,9 @@ async function writeToneWav(path, { hz, amplitude, sampleRate, seconds }) {
   await writeFile(path, wav);
 }
 
-/** A token as chronus's backend signs it. */
-function chronusToken(userId, username) {
+/** A token as chronus's backend signs it, issued at `iat` (default now). */
+function chronusToken(userId, username, iat = Math.floor(Date.now() / 1000)) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const iat = Math.floor(Date.now() / 1000);
   const exp = iat + TOKEN_LIFETIME_SECS;
   const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ username, sub: userId, iat, exp })}`;
   const signature = createHmac('sha256', JWT_SECRET).update(unsigned).digest('base64url');
@@ -320,5 +321,41 @@ describe('the chronus frontends record 90 s with a one-minute token', { concurre
     assert.ok(result.firstFrameAt >= readyAt, 'audio only after ready');
     const count = checkRecording(result, { textField: 'text' });
     console.log(`later page: ${count} transcriptions inserted from ${result.expected.secondsSent.toFixed(1)} s of audio`);
+  });
+});
+
+/** Presses record on the later frontend and returns the error it shows and the close code. */
+async function refusedOnNotesPage({ noteId, token }) {
+  const page = await context.newPage();
+  try {
+    await page.goto(`http://127.0.0.1:${frontendPort}/chronus-pages/notes.html?noteId=${encodeURIComponent(noteId)}`);
+    await page.waitForSelector('body[data-ready=true]', { timeout: STEP_TIMEOUT_MS });
+    await page.evaluate((jwt) => localStorage.setItem('jwt_token', jwt), token);
+    await page.click('#record');
+    await page.waitForFunction(() => window.chronusProbe.close !== null, null, { timeout: STEP_TIMEOUT_MS });
+    return await page.evaluate(() => ({
+      shown: document.getElementById('error').textContent,
+      code: window.chronusProbe.close.code,
+      sent: window.chronusProbe.frames.length,
+    }));
+  } finally {
+    await page.close();
+  }
+}
+
+describe('the later frontend shows its own message for the gateway close codes', () => {
+  test('a noteId that is not an integer: 4404, "Note not found"', { timeout: 60_000 }, async () => {
+    const refused = await refusedOnNotesPage({ noteId: 'abc', token: chronusToken(9, 'linus').token });
+    assert.deepEqual(refused, { shown: 'Note not found', code: 4404, sent: 0 });
+  });
+
+  test('an expired token: 4401, "Your session expired"', { timeout: 60_000 }, async () => {
+    const { token } = chronusToken(9, 'linus', Math.floor(Date.now() / 1000) - 120);
+    const refused = await refusedOnNotesPage({ noteId: '123', token });
+    assert.deepEqual(refused, {
+      shown: 'Your session expired — sign in again to keep recording',
+      code: 4401,
+      sent: 0,
+    });
   });
 });
