@@ -512,6 +512,26 @@ mod tests {
     }
 
     #[test]
+    fn a_thoth_url_without_a_path_gets_stream_audio() {
+        let mut map = base();
+        map.insert(
+            "THOTH_WS_URL".into(),
+            "ws://127.0.0.1:8765, wss://thoth.internal:8443/, ws://h:1/custom?x=1, ws://h:2?x=1"
+                .into(),
+        );
+        let cfg = Config::from_map(&map).unwrap();
+        assert_eq!(
+            cfg.thoth_ws_urls,
+            vec![
+                "ws://127.0.0.1:8765/stream-audio",
+                "wss://thoth.internal:8443/stream-audio",
+                "ws://h:1/custom?x=1",
+                "ws://h:2/stream-audio?x=1",
+            ]
+        );
+    }
+
+    #[test]
     fn defaults_are_loopback_and_mux() {
         let cfg = Config::from_map(&base()).unwrap();
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8080");
@@ -611,26 +631,6 @@ mod tests {
         assert_eq!(
             cfg.thoth_ws_urls,
             vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
-        );
-    }
-
-    #[test]
-    fn a_thoth_url_without_a_path_gets_stream_audio() {
-        let mut map = base();
-        map.insert(
-            "THOTH_WS_URL".into(),
-            "ws://127.0.0.1:8765, wss://thoth.internal:8443/, ws://h:1/custom?x=1, ws://h:2?x=1"
-                .into(),
-        );
-        let cfg = Config::from_map(&map).unwrap();
-        assert_eq!(
-            cfg.thoth_ws_urls,
-            vec![
-                "ws://127.0.0.1:8765/stream-audio",
-                "wss://thoth.internal:8443/stream-audio",
-                "ws://h:1/custom?x=1",
-                "ws://h:2/stream-audio?x=1",
-            ]
         );
     }
 }

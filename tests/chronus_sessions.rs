@@ -214,6 +214,41 @@ async fn max_session_secs_ends_sessions_with_session_expired_4408_on_every_route
     thoth.stop();
 }
 
+// ---- 4. `text` beside `data`, whatever the provider ---------------------------------
+
+#[actix_rt::test]
+async fn mistral_results_carry_text_beside_data_too() {
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let fake = FakeMistral::start(FakeMistralOptions::new(KEY));
+    let mut env = env_with_fake_mistral(&thoth, &fake);
+    env.remove("MAX_SESSION_SECS");
+    let gateway = start_gateway(&env).await;
+    store_key(&gateway, "7").await;
+    let token = chronus_token(7, 60);
+    let url = ws_url(&gateway, &format!("{TRANSCRIBE}?provider=mistral"));
+    let mut client = connect(&url, Auth::Query(&token), None).await.client;
+    client.expect_type("ready").await;
+    client.send_binary(f32_audio(0.25, 1.25)).await;
+    client.send_json(json!({"type": "end"})).await;
+    let (messages, close) = client.until_close(Duration::from_secs(10)).await;
+    let texts: Vec<&Value> = messages
+        .iter()
+        .filter(|m| {
+            ["transcription", "transcription.partial", "done"]
+                .contains(&m["type"].as_str().unwrap())
+        })
+        .collect();
+    assert!(texts.iter().any(|m| m["type"] == "transcription"));
+    assert_eq!(texts.last().unwrap()["type"], "done");
+    for m in texts {
+        assert!(m["text"].is_string(), "{m}");
+        assert_eq!(m["text"], m["data"], "{m}");
+    }
+    assert_eq!(close, Some(1000));
+    gateway.stop().await;
+    thoth.stop();
+}
+
 // ---- 5. the two session caps ------------------------------------------------------
 
 #[actix_rt::test]

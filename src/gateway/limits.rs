@@ -30,12 +30,12 @@ impl SessionLimiter {
         }
     }
 
-    /// Takes a slot for `user`, or `TOO_MANY_SESSIONS`.
+    /// Takes a slot for `user`, or `TOO_MANY_SESSIONS`: close 4409 for the
+    /// user's cap, 1013 for the process-wide one (chronus reads 4409 as "a
+    /// recording is already in progress", which is about the user).
     pub fn acquire(&self, user: &str) -> Result<SessionPermit, GatewayError> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total {
-            // Closed 1013, not 4409: chronus reads 4409 as "a recording is
-            // already in progress", which is about the user, not the gateway.
             return Err(GatewayError::with_message(
                 ErrorCode::TooManySessionsInGateway,
                 "The gateway is at its session limit; try again shortly",

@@ -900,11 +900,12 @@ impl Actor for ThothUpstreamActor {
 }
 
 impl Handler<Join> for ThothUpstreamActor {
-    type Result = ResponseFuture<Result<AudioRoute, GatewayError>>;
+    /// Mux answers at once; legacy once thoth accepted or refused the stream.
+    type Result = Response<Result<AudioRoute, GatewayError>>;
 
     fn handle(&mut self, Join(msg): Join, ctx: &mut Context<Self>) -> Self::Result {
         if !self.is_mux() {
-            return self.join_legacy(msg, ctx);
+            return Response::fut(self.join_legacy(msg, ctx));
         }
         let replay = ReplayBuffer::new(msg.format, self.config.replay_max_secs);
         let route = AudioRoute::new(msg.session_id, Some(replay));
@@ -931,7 +932,7 @@ impl Handler<Join> for ThothUpstreamActor {
             Link::Down => self.connect(ctx),
             Link::Connecting { .. } => {}
         }
-        Box::pin(std::future::ready(Ok(route)))
+        Response::reply(Ok(route))
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use awc::ws::CloseCode;
 use chrono::{DateTime, Utc};
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -76,12 +77,11 @@ impl ThothUpstreamActor {
         &mut self,
         msg: Subscribe,
         ctx: &mut Context<Self>,
-    ) -> ResponseFuture<JoinReply> {
+    ) -> LocalBoxFuture<'static, JoinReply> {
         if !self.sessions.is_empty() {
             // This gateway already streams to it: no handshake needed to know.
-            return Box::pin(std::future::ready(Err(GatewayError::new(
-                ErrorCode::ThothBusy,
-            ))));
+            let busy = Err(GatewayError::new(ErrorCode::ThothBusy));
+            return Box::pin(std::future::ready(busy));
         }
         let route = AudioRoute::new(msg.session_id, None);
         self.sessions.insert(
