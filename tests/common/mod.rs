@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod live_session;
 pub mod process;
 pub mod prometheus;
 pub mod raw_ws;
+pub mod scenario;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
