@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod live_session;
+pub mod mistral;
 pub mod process;
 pub mod prometheus;
 pub mod raw_ws;
