@@ -8,6 +8,7 @@ pub mod mistral;
 pub mod process;
 pub mod prometheus;
 pub mod raw_ws;
+pub mod relay;
 pub mod scenario;
 
 use std::collections::HashMap;
