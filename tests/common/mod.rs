@@ -2,6 +2,7 @@
 //! tokens of every kind. Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod devthoth_client;
 pub mod harness;
 pub mod live_session;
