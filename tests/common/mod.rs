@@ -5,6 +5,7 @@
 pub mod deploy;
 pub mod devthoth_client;
 pub mod harness;
+pub mod hostile;
 pub mod live_session;
 pub mod mistral;
 pub mod process;
