@@ -3,12 +3,13 @@
 //! private, checks every service's health, and Prometheus and Grafana find
 //! their rules and dashboards. Read with serde_yaml, not greps.
 
-mod common;
+#[path = "common/deploy.rs"]
+mod deploy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::deploy::*;
+use deploy::*;
 use serde_yaml::Value;
 
 // ---- docker-compose.yml ----------------------------------------------------------

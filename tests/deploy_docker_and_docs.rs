@@ -1,10 +1,11 @@
 //! Keeps the Dockerfile, `.dockerignore` and the deployment doc honest.
 
-mod common;
+#[path = "common/deploy.rs"]
+mod deploy;
 
 use std::collections::BTreeSet;
 
-use common::deploy::*;
+use deploy::*;
 
 // ---- Dockerfile, .dockerignore, docs -------------------------------------
 

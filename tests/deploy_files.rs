@@ -7,12 +7,13 @@
 //! compose is in `deploy_compose.rs`, the Dockerfile and docs in
 //! `deploy_docker_and_docs.rs`.
 
-mod common;
+#[path = "common/deploy.rs"]
+mod deploy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chronus_gateway::config::Config;
-use common::deploy::*;
+use deploy::*;
 
 #[test]
 fn env_example_lists_exactly_the_variables_the_gateway_reads() {

@@ -1,7 +1,8 @@
 //! The dev thoth over real WebSockets (awc), as the gateway will see it.
 //! This file: the mux protocol (sessions, results, per-session errors).
 
-mod common;
+#[path = "common/devthoth_client.rs"]
+mod devthoth_client;
 
 use awc::ws::{Frame, Message};
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use common::devthoth_client::*;
+use devthoth_client::*;
 
 #[actix_rt::test]
 async fn mux_session_gets_a_final_per_second_then_its_rest_and_done_on_end() {

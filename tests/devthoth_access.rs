@@ -1,6 +1,7 @@
 //! The dev thoth's handshake checks: Origin, token, paths.
 
-mod common;
+#[path = "common/devthoth_client.rs"]
+mod devthoth_client;
 
 use awc::ws::{CloseCode, Message};
 use chronus_gateway::devthoth::{describe_audio, DevThothOptions, MUX_SUBPROTOCOL, TOKEN_HEADER};
@@ -8,7 +9,7 @@ use futures_util::SinkExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use common::devthoth_client::*;
+use devthoth_client::*;
 
 #[actix_rt::test]
 async fn an_origin_gets_http_403_in_legacy_and_a_4403_close_in_mux() {

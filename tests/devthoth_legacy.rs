@@ -1,14 +1,15 @@
 //! The dev thoth in legacy mode (one stream per socket, 3 s windows), as
 //! today's thoth behaves.
 
-mod common;
+#[path = "common/devthoth_client.rs"]
+mod devthoth_client;
 
 use awc::ws::{CloseCode, Message};
 use chronus_gateway::devthoth::{describe_audio, DevThothOptions, MUX_SUBPROTOCOL};
 use futures_util::SinkExt;
 use serde_json::json;
 
-use common::devthoth_client::*;
+use devthoth_client::*;
 
 #[actix_rt::test]
 async fn legacy_stream_gets_a_transcription_per_3_second_window() {

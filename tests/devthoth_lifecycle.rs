@@ -1,7 +1,8 @@
 //! The dev thoth as a test fixture: stats, stop, restart on the same port,
 //! dropped connections and announced socket errors.
 
-mod common;
+#[path = "common/devthoth_client.rs"]
+mod devthoth_client;
 
 use awc::ws::{CloseCode, Message};
 use chronus_gateway::devthoth::{describe_audio, DevThothOptions};
@@ -9,7 +10,7 @@ use futures_util::SinkExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use common::devthoth_client::*;
+use devthoth_client::*;
 
 #[actix_rt::test]
 async fn stats_count_connections() {

@@ -3,16 +3,20 @@
 //! behind.
 
 mod common;
+#[path = "common/live_session.rs"]
+mod live_session;
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{describe_audio, DevThoth, DevThothOptions};
 use chronus_gateway::RunningGateway;
-use common::live_session::*;
-use common::scenario::*;
 use common::*;
 use futures_util::StreamExt;
+use live_session::*;
+use scenario::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

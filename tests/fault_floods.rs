@@ -2,13 +2,17 @@
 //! sessions on the same thoth socket stream on unaffected.
 
 mod common;
+#[path = "common/live_session.rs"]
+mod live_session;
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::live_session::*;
-use common::scenario::*;
 use common::*;
+use live_session::*;
+use scenario::*;
 use tokio::time::{sleep_until, Instant};
 
 // ---- 3. a flooding browser ---------------------------------------------------

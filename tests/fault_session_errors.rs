@@ -2,17 +2,21 @@
 //! reporting an error for one session; only that session ends.
 
 mod common;
+#[path = "common/live_session.rs"]
+mod live_session;
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::time::Duration;
 
 use actix_codec::Framed;
 use awc::ws::{Frame, Message};
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::live_session::*;
-use common::scenario::*;
 use common::*;
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
+use live_session::*;
+use scenario::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -3,15 +3,19 @@
 //! error — every session ends with exact results or a clear error.
 
 mod common;
+#[path = "common/live_session.rs"]
+mod live_session;
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::live_session::*;
-use common::scenario::*;
 use common::*;
+use live_session::*;
+use scenario::*;
 use tokio::time::{sleep, sleep_until, Instant};
 
 // ---- 1. thoth killed and restarted -------------------------------------------

@@ -10,7 +10,8 @@
 //! query; thoth's frames are in `hostile_upstream_frames.rs`, tokens in
 //! `hostile_tokens.rs`.
 
-mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -25,7 +26,7 @@ use chronus_gateway::gateway::routes::parse_session_query;
 use chronus_gateway::protocol::{ClientMessage, Provider};
 use chronus_gateway::upstream::mux_frame::MuxEvent;
 
-use common::hostile::*;
+use hostile::*;
 
 // ---- browser text frames (ClientMessage::parse) ----------------------------------
 

@@ -2,7 +2,8 @@
 //! and cookie, and JWT validation against hostile headers and forged
 //! signatures — always a refusal, never a panic.
 
-mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use actix_web::http::header::{self};
 use actix_web::test::TestRequest;
@@ -17,7 +18,7 @@ use chronus_gateway::auth::{
 use chronus_gateway::config::{JwtConfig, JwtKey};
 use chronus_gateway::gateway::admission::SELECTABLE_SUBPROTOCOLS;
 
-use common::hostile::*;
+use hostile::*;
 
 // ---- token extraction (header, subprotocol, query, cookie) -------------------------
 

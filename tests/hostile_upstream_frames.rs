@@ -2,7 +2,8 @@
 //! an error or to exactly what was sent, and the replay buffer keeps exactly
 //! the audio it must (PROTOCOL.md 3.1).
 
-mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -13,7 +14,7 @@ use chronus_gateway::audio::{AudioFormat, Encoding};
 use chronus_gateway::upstream::mux_frame::{audio_frame, MuxEvent};
 use chronus_gateway::upstream::replay::ReplayBuffer;
 
-use common::hostile::*;
+use hostile::*;
 
 // ---- thoth mux frames --------------------------------------------------------------
 

@@ -4,6 +4,8 @@
 
 mod common;
 mod fake_mistral;
+#[path = "common/mistral.rs"]
+mod mistral;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::mistral::*;
 use common::*;
 use fake_mistral::*;
+use mistral::*;
 use serde_json::{json, Value};
 
 // ---- the key never leaks ---------------------------------------------------------

@@ -4,13 +4,15 @@
 
 mod common;
 mod fake_mistral;
+#[path = "common/mistral.rs"]
+mod mistral;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mistral::*;
 use common::*;
 use fake_mistral::*;
+use mistral::*;
 use serde_json::json;
 
 // ---- the chronus protocol over Mistral --------------------------------------

@@ -3,12 +3,14 @@
 
 mod common;
 mod fake_mistral;
+#[path = "common/mistral.rs"]
+mod mistral;
 
 use std::time::Duration;
 
-use common::mistral::*;
 use common::*;
 use fake_mistral::*;
+use mistral::*;
 use serde_json::json;
 
 // ---- sessions: caps and monitoring ------------------------------------------------

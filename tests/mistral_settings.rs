@@ -7,13 +7,15 @@
 
 mod common;
 mod fake_mistral;
+#[path = "common/mistral.rs"]
+mod mistral;
 
 use std::time::Duration;
 
 use chronus_gateway::RunningGateway;
-use common::mistral::*;
 use common::*;
 use fake_mistral::*;
+use mistral::*;
 use serde_json::{json, Value};
 
 // ---- settings endpoints ---------------------------------------------------------

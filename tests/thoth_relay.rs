@@ -3,13 +3,15 @@
 //! socket, reference counting, `end`, buffering, legacy mode, s16le.
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{describe_audio, DevThoth, DevThothOptions};
-use common::relay::*;
 use common::*;
 use futures_util::future::join_all;
+use relay::*;
 use serde_json::{json, Value};
 
 #[actix_rt::test]

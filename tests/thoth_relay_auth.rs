@@ -3,12 +3,14 @@
 //! input gets its code without harming other sessions.
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::relay::*;
 use common::*;
+use relay::*;
 use serde_json::{json, Value};
 
 #[actix_rt::test]

@@ -3,12 +3,14 @@
 //! WebSocket path.
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::relay::*;
 use common::*;
+use relay::*;
 use serde_json::json;
 
 #[actix_rt::test]

@@ -3,12 +3,14 @@
 //! reported, and thoth's stream token is sent.
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::relay::*;
 use common::*;
+use relay::*;
 use serde_json::{json, Value};
 
 #[actix_rt::test]

@@ -1,6 +1,7 @@
 //! What the deployment-file tests share: the repository's files, read as
 //! text or YAML, and the environment variables the gateway reads, found in
 //! its source by a small Rust string-literal reader.
+#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;

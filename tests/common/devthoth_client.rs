@@ -1,6 +1,7 @@
 //! A client of the dev thoth over real WebSockets (awc), as the gateway
 //! connects to it: mux and legacy sockets, the frames to send, and what to
 //! expect back.
+#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! What the hostile-input property tests share: their case count, test
 //! secrets, and proptest strategies for words, JSON, frames, headers and
 //! tokens that a browser or an upstream might send.
+#![allow(dead_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,7 @@
 //! A browser session that streams audio while it collects what comes back,
 //! and audio whose every result the dev thoth describes in advance (the
 //! fault scenarios check exact finals with these).
+#![allow(dead_code)]
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -17,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{token_for, ws_url};
+use crate::common::{token_for, ws_url};
 
 pub const TRANSCRIBE: &str = "/api/audio/transcribe";
 /// The gateway's default sample rate (what browsers send).

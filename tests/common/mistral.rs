@@ -1,6 +1,7 @@
 //! What the Mistral tests share: the test key, HTTP calls to the settings
 //! endpoints, a chronus session over Mistral, and a raw WebSocket client
 //! that sees the native proxy's frames exactly as sent.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use chronus_gateway::RunningGateway;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
-use super::{base_env, connect, pool_report, token_for, ws_url, Auth, WsClient};
+use crate::common::{base_env, connect, pool_report, token_for, ws_url, Auth, WsClient};
 
 pub const TRANSCRIBE_MISTRAL: &str = "/api/audio/transcribe?provider=mistral";
 pub const NATIVE: &str = "/api/mistral/ws";

@@ -1,18 +1,17 @@
 //! Shared test harness: a real gateway on 127.0.0.1:0, real WebSocket clients,
 //! tokens of every kind. Each test binary uses the parts it needs.
+//!
+//! Every test binary compiles this module, so it holds only what many use.
+//! Helpers of one subject live beside it (`live_session.rs` and
+//! `scenario.rs` for the fault scenarios, `mistral.rs`, `relay.rs`,
+//! `devthoth_client.rs`, `deploy.rs`, `hostile.rs`) and are declared only by
+//! the test files of that subject: `#[path = "common/relay.rs"] mod relay;`.
 #![allow(dead_code)]
 
-pub mod deploy;
-pub mod devthoth_client;
 pub mod harness;
-pub mod hostile;
-pub mod live_session;
-pub mod mistral;
 pub mod process;
 pub mod prometheus;
 pub mod raw_ws;
-pub mod relay;
-pub mod scenario;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,10 +1,11 @@
 //! A chronus session against the dev thoth, as the relay tests drive it:
 //! open it, stream audio then `end`, and the texts the dev thoth will send.
+#![allow(dead_code)]
 
 use chronus_gateway::devthoth::describe_audio;
 use serde_json::{json, Value};
 
-use super::{connect, token_for, ws_url, Auth, WsClient};
+use crate::common::{connect, token_for, ws_url, Auth, WsClient};
 
 pub const TRANSCRIBE: &str = "/api/audio/transcribe";
 

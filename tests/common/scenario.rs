@@ -1,6 +1,7 @@
 //! What every fault scenario shares: one scenario at a time, a thoth crash,
 //! opening and streaming many sessions at once, and the measurements the
 //! scenarios print.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use chronus_gateway::RunningGateway;
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
-use super::live_session::{Encoding, LiveSession, TestAudio, Transcript};
-use super::{eventually, pool_report};
+use crate::common::{eventually, pool_report};
+use crate::live_session::{Encoding, LiveSession, TestAudio, Transcript};
 
 // ---- measurements -----------------------------------------------------------
 
