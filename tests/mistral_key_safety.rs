@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::harness::Harness;
 use common::*;
 use fake_mistral::*;
 use mistral::*;
@@ -28,28 +29,34 @@ fn gateway_binary() -> String {
 }
 
 /// The real binary, configured from the environment, logging at debug level
-/// to a captured stderr.
+/// to a captured stderr; a process of the test's [`Harness`], so it is
+/// stopped even when the test panics.
 struct GatewayProcess {
-    child: std::process::Child,
+    pid: u32,
     stderr: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
     public: String,
 }
 
 impl GatewayProcess {
-    fn start(env: &HashMap<String, String>, dir: &std::path::Path) -> GatewayProcess {
-        let mut child = Command::new(gateway_binary())
-            .arg("serve")
-            .current_dir(dir)
-            .envs(env)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("gateway binary starts");
+    fn start(
+        harness: &mut Harness,
+        env: &HashMap<String, String>,
+        dir: &std::path::Path,
+    ) -> GatewayProcess {
+        let pid = harness.spawn(
+            "gateway",
+            Command::new(gateway_binary())
+                .arg("serve")
+                .current_dir(dir)
+                .envs(env)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
+        let mut pipe = harness.child(pid).stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = pipe.read(&mut buf) {
@@ -62,7 +69,7 @@ impl GatewayProcess {
             }
         });
         let mut process = GatewayProcess {
-            child,
+            pid,
             stderr,
             reader: Some(reader),
             public: String::new(),
@@ -74,7 +81,7 @@ impl GatewayProcess {
                 process.public = addr.split(',').next().unwrap().trim().to_owned();
                 return process;
             }
-            if let Ok(Some(status)) = process.child.try_wait() {
+            if let Ok(Some(status)) = harness.child(pid).try_wait() {
                 panic!("gateway exited with {status}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -83,9 +90,8 @@ impl GatewayProcess {
     }
 
     /// Stops the process and returns everything it logged.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(mut self, harness: &mut Harness) -> String {
+        harness.stop(self.pid);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -97,13 +103,13 @@ impl GatewayProcess {
 #[actix_rt::test]
 async fn the_raw_key_never_appears_in_responses_the_sqlite_file_or_the_logs() {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
-    let dir = std::env::temp_dir().join(format!("chronus-leak-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let mut harness = Harness::new();
+    let dir = harness.temp_dir("leak");
     let db = dir.join("gateway.db");
     let mut env = env_for(fake.url());
     env.insert("DATABASE_URL".into(), db.display().to_string());
     env.insert("BIND_ADDR".into(), "127.0.0.1:0".into());
-    let process = GatewayProcess::start(&env, &dir);
+    let process = GatewayProcess::start(&mut harness, &env, &dir);
     let base = format!("http://{}", process.public);
     let token = token_for("leaky");
     let mut seen = Vec::new();
@@ -150,7 +156,7 @@ async fn the_raw_key_never_appears_in_responses_the_sqlite_file_or_the_logs() {
         Some(&*format!("Bearer {KEY}"))
     );
 
-    let log = process.stop();
+    let log = process.stop(&mut harness);
     assert!(log.contains("DEBUG"), "debug logging was captured:\n{log}");
     assert!(log.contains("stored mistral API key ending in"), "{log}");
     assert!(!log.contains(KEY), "the key is in the logs:\n{log}");
@@ -169,7 +175,6 @@ async fn the_raw_key_never_appears_in_responses_the_sqlite_file_or_the_logs() {
         );
     }
     assert!(files >= 1 && db.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- operations: key rotation and the demo ------------------------------------
@@ -195,8 +200,8 @@ fn reencrypt_keys(env: &HashMap<String, String>, dir: &std::path::Path) -> Strin
 async fn after_a_key_rotation_reencrypt_keys_moves_stored_keys_to_the_new_encryption_key() {
     const NEW_ENCRYPTION_KEY: &str = "bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE=";
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
-    let dir = std::env::temp_dir().join(format!("chronus-rotate-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let mut harness = Harness::new();
+    let dir = harness.temp_dir("rotate");
     let mut env = env_for(fake.url());
     env.insert(
         "DATABASE_URL".into(),
@@ -233,33 +238,33 @@ async fn after_a_key_rotation_reencrypt_keys_moves_stored_keys_to_the_new_encryp
         Some(&*format!("Bearer {KEY}"))
     );
     gateway.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[actix_rt::test]
 async fn the_demo_stores_its_mistral_key_and_serves_provider_mistral() {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
-    let dir = std::env::temp_dir().join(format!("chronus-demo-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(gateway_binary())
-        .args([
-            "demo",
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-bind",
-            "127.0.0.1:0",
-        ])
-        .args(["--mistral-key", KEY, "--data-dir"])
-        .arg(dir.join("data"))
-        .current_dir(&dir)
-        .env("MISTRAL_WS_URL", fake.url())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
+    let mut harness = Harness::new();
+    let dir = harness.temp_dir("demo");
+    let demo = harness.spawn(
+        "demo",
+        Command::new(gateway_binary())
+            .args([
+                "demo",
+                "--bind",
+                "127.0.0.1:0",
+                "--admin-bind",
+                "127.0.0.1:0",
+            ])
+            .args(["--mistral-key", KEY, "--data-dir"])
+            .arg(dir.join("data"))
+            .current_dir(&dir)
+            .env("MISTRAL_WS_URL", fake.url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     // The demo prints a ready-made websocat line for provider=mistral.
-    let stdout = child.stdout.take().unwrap();
+    let stdout = harness.child(demo).stdout.take().unwrap();
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -292,7 +297,4 @@ async fn the_demo_stores_its_mistral_key_and_serves_provider_mistral() {
         fake.only_connection().authorization.as_deref(),
         Some(&*format!("Bearer {KEY}"))
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
