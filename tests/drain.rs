@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::process::GatewayProcess;
+use common::harness::Harness;
 use common::*;
 use fake_mistral::{FakeMistral, FakeMistralOptions, Mode};
 use serde_json::json;
@@ -23,7 +23,8 @@ async fn sigterm_drains_streaming_sessions_and_lets_ending_ones_finish() {
     env.insert("LEGACY_FLUSH_GRACE_MS".into(), "1500".into());
     env.insert("SHUTDOWN_GRACE_SECS".into(), "4".into());
     env.insert("RUST_LOG".into(), "info".into());
-    let mut gateway = GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let public_addr = gateway.public_addr.clone();
     let url = format!("ws://{public_addr}/api/audio/transcribe");
 
@@ -92,7 +93,8 @@ async fn sigterm_tells_native_mistral_sessions_server_shutting_down() {
     env.insert("MISTRAL_WS_URL".into(), fake.url());
     env.insert("SHUTDOWN_GRACE_SECS".into(), "2".into());
     env.insert("RUST_LOG".into(), "info".into());
-    let mut gateway = GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let public_addr = gateway.public_addr.clone();
     let token = token_for("native");
     let stored = awc::Client::new()

@@ -64,3 +64,21 @@ fn the_built_gateway_and_its_database_file_go_with_the_harness() {
         "{database} survived its harness"
     );
 }
+
+#[test]
+fn paths_kept_if_failed_survive_a_panic_and_go_with_a_passing_test() {
+    let kept = std::env::temp_dir().join(format!("chronus-kept-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&kept).unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut harness = Harness::new();
+        harness.keep_if_failed(&kept);
+        panic!("the test fails half-way");
+    }));
+    assert!(outcome.is_err());
+    assert!(kept.exists(), "a failed test's folder is kept");
+
+    let mut harness = Harness::new();
+    harness.keep_if_failed(&kept);
+    drop(harness);
+    assert!(!kept.exists(), "{} survived a passing test", kept.display());
+}

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::process::GatewayProcess;
+use common::harness::Harness;
 use common::*;
 use serde_json::json;
 
@@ -21,7 +21,8 @@ async fn a_claim_with_line_breaks_and_bidi_controls_cannot_forge_a_log_line() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let mut env = base_env(&thoth.url());
     env.insert("RUST_LOG".into(), "debug".into());
-    let mut gateway = GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let url = format!("ws://{}/api/audio/transcribe", gateway.public_addr);
 
     // A string `sub`, signed with the test secret: only an issuer could

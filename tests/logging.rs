@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
-use common::process::GatewayProcess;
+use common::harness::Harness;
 use common::*;
 use serde_json::json;
 
@@ -23,7 +23,8 @@ async fn tokens_and_secrets_never_appear_in_the_logs() {
     let mut env = base_env(&thoth.url());
     env.insert("THOTH_STREAM_TOKEN".into(), THOTH_TOKEN.into());
     env.insert("RUST_LOG".into(), "trace".into());
-    let mut gateway = GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let public_addr = gateway.public_addr.clone();
 
     let tokens: Vec<String> = (0..4)

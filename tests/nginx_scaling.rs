@@ -12,10 +12,11 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chronus_gateway::devthoth::{describe_audio, DevThoth, DevThothOptions};
+use common::harness::Harness;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -26,7 +27,7 @@ const NGINX_CONF: &str = "deploy/nginx.conf";
 const NGINX_FALLBACK_PATHS: &[&str] = &["/usr/sbin/nginx", "/usr/local/nginx/sbin/nginx"];
 /// Sessions opened through nginx (an even number: least_conn splits them evenly).
 const SESSIONS: usize = 6;
-/// How long nginx may take to start or stop.
+/// How long nginx may take to start.
 const NGINX_PATIENCE: Duration = Duration::from_secs(10);
 const TRANSCRIBE: &str = "/api/audio/transcribe";
 
@@ -201,40 +202,46 @@ fn free_port() -> SocketAddr {
 
 // ---- running nginx -------------------------------------------------------------
 
-/// A running nginx; dropping it stops nginx (TERM, then KILL) even when the
-/// test panics, and removes its directory unless the test failed.
-struct NginxGuard {
-    child: Child,
+/// A running nginx: a process of the test's [`Harness`], so it is stopped
+/// (TERM, then KILL) even when the test panics; its folder goes with the
+/// harness unless the test failed.
+struct Nginx {
     dir: PathBuf,
 }
 
-impl NginxGuard {
-    fn start(nginx: &Path, dir: &Path, conf: &Path, listen: SocketAddr) -> NginxGuard {
+impl Nginx {
+    fn start(
+        harness: &mut Harness,
+        nginx: &Path,
+        dir: &Path,
+        conf: &Path,
+        listen: SocketAddr,
+    ) -> Nginx {
+        harness.keep_if_failed(dir);
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
-        let child = Command::new(nginx)
-            .args(nginx_args(dir, conf))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("nginx starts");
-        let mut guard = NginxGuard {
-            child,
+        let pid = harness.spawn(
+            "nginx",
+            Command::new(nginx)
+                .args(nginx_args(dir, conf))
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        );
+        let proxy = Nginx {
             dir: dir.to_path_buf(),
         };
         let deadline = Instant::now() + NGINX_PATIENCE;
         while TcpStream::connect(listen).is_err() {
-            if let Ok(Some(status)) = guard.child.try_wait() {
-                panic!("nginx exited with {status}: {}", guard.logs());
+            if let Ok(Some(status)) = harness.child(pid).try_wait() {
+                panic!("nginx exited with {status}: {}", proxy.logs());
             }
             assert!(
                 Instant::now() < deadline,
                 "nginx did not listen on {listen}: {}",
-                guard.logs()
+                proxy.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        guard
+        proxy
     }
 
     fn logs(&self) -> String {
@@ -249,33 +256,6 @@ impl NginxGuard {
 
     fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NginxGuard {
-    fn drop(&mut self) {
-        // TERM lets the master stop its workers; KILL if it does not.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + NGINX_PATIENCE;
-        while !matches!(self.child.try_wait(), Ok(Some(_))) {
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "nginx_scaling: kept {} for inspection{}",
-                self.dir.display(),
-                self.logs()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -362,6 +342,7 @@ async fn sessions_through_nginx_spread_across_two_replicas_each_with_its_own_tho
         start_gateway(&base_env(&thoth.url())).await,
     ];
 
+    let mut harness = Harness::new();
     let dir = std::env::temp_dir().join(format!("chronus-nginx-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let listen = free_port();
@@ -388,7 +369,7 @@ async fn sessions_through_nginx_spread_across_two_replicas_each_with_its_own_tho
         "nginx -t rejects the rendered {NGINX_CONF}:\n{}\n--- rendered ---\n{rendered}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let proxy = NginxGuard::start(&nginx, &dir, &conf, listen);
+    let proxy = Nginx::start(&mut harness, &nginx, &dir, &conf, listen);
 
     // Sessions open one after another through nginx and stay open.
     let url = format!("ws://{listen}{TRANSCRIBE}");
@@ -481,7 +462,8 @@ async fn sessions_through_nginx_spread_across_two_replicas_each_with_its_own_tho
     );
     assert!(!proxy.access_log().contains("token="));
 
-    drop(proxy);
+    // nginx goes first, then the replicas it proxies to.
+    drop(harness);
     for replica in replicas {
         replica.stop().await;
     }

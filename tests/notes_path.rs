@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
 use chronus_gateway::RunningGateway;
-use common::process::GatewayProcess;
+use common::harness::Harness;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -328,7 +328,8 @@ async fn the_users_token_sent_to_the_notes_backend_never_reaches_the_log() {
     let mut env = base_env(&thoth.url());
     env.insert("NOTE_ACCESS_URL".into(), backend.url());
     env.insert("RUST_LOG".into(), "trace".into());
-    let mut gateway = GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let token = chronus_token(7);
     let url = format!("ws://{}{NOTES}?noteId=42", gateway.public_addr);
     let mut client = connect(&url, Auth::Subprotocol(&token), None).await.client;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use chronus_gateway::devthoth::{describe_audio, DevThoth, DevThothOptions};
 use chronus_gateway::RunningGateway;
+use common::harness::Harness;
 use common::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -330,7 +331,8 @@ async fn the_log_says_what_a_403_may_mean_without_the_stream_token() {
     let mut env = legacy_env(&[thoth.url()]);
     env.insert("THOTH_STREAM_TOKEN".into(), WRONG_TOKEN.into());
     env.insert("RUST_LOG".into(), "info".into());
-    let mut gateway = common::process::GatewayProcess::start(&env);
+    let mut harness = Harness::new();
+    let gateway = harness.start_gateway(env);
     let url = format!("ws://{}{TRANSCRIBE}", gateway.public_addr);
     let token = token_for("logged");
     let mut client = connect(&url, Auth::Query(&token), None).await.client;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chronus_gateway::config::Config;
 use chronus_gateway::devthoth::{describe_audio, DevThoth, DevThothOptions, STREAM_PATH};
+use common::harness::Harness;
 use common::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -84,28 +85,12 @@ impl TestPki {
     }
 }
 
-/// A file in the temp dir, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn with(name: &str, contents: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "chronus-test-{}-{name}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// Writes `contents` to `dir/name` (a folder of the test's [`Harness`],
+/// removed with it even when the test panics).
+fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
 }
 
 /// What one completed TLS handshake showed.
@@ -239,11 +224,12 @@ fn texts_of(messages: &[Value], ty: &str) -> Vec<String> {
 #[actix_rt::test]
 async fn a_wss_thoth_signed_by_thoth_ca_cert_is_trusted() {
     let pki = TestPki::generate();
-    let ca_file = TempFile::with("ca.pem", &pki.ca_pem);
+    let mut harness = Harness::new();
+    let ca_file = write_file(&harness.temp_dir("tls"), "ca.pem", &pki.ca_pem);
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let tls = TlsTerminator::start(pki.server_config(), thoth.addr());
     let mut env = base_env(&tls.url());
-    env.insert("THOTH_CA_CERT".into(), ca_file.path().display().to_string());
+    env.insert("THOTH_CA_CERT".into(), ca_file.display().to_string());
     let gateway = start_gateway(&env).await;
 
     let token = token_for("over-tls");
@@ -349,15 +335,17 @@ async fn an_unreadable_thoth_ca_cert_stops_start_up_naming_the_variable() {
         "chronus-test-{}-missing-ca.pem",
         uuid::Uuid::new_v4().simple()
     ));
-    let empty = TempFile::with("empty.pem", "");
-    let key_only = TempFile::with("key-only.pem", &pki.leaf_key_pem);
-    let not_pem = TempFile::with("not-pem.pem", "this is not a certificate\n");
+    let mut harness = Harness::new();
+    let dir = harness.temp_dir("tls");
+    let empty = write_file(&dir, "empty.pem", "");
+    let key_only = write_file(&dir, "key-only.pem", &pki.leaf_key_pem);
+    let not_pem = write_file(&dir, "not-pem.pem", "this is not a certificate\n");
 
     for path in [
         missing.as_path(),
-        empty.path(),
-        key_only.path(),
-        not_pem.path(),
+        empty.as_path(),
+        key_only.as_path(),
+        not_pem.as_path(),
     ] {
         let mut env = base_env("wss://localhost:1/stream-audio");
         env.insert("THOTH_CA_CERT".into(), path.display().to_string());

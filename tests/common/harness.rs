@@ -33,6 +33,8 @@ pub struct Harness {
     gateways: Vec<GatewayProcess>,
     processes: Vec<Owned>,
     paths: Vec<PathBuf>,
+    /// Removed like `paths`, but kept for inspection when the test fails.
+    kept_if_failed: Vec<PathBuf>,
 }
 
 impl Harness {
@@ -106,6 +108,12 @@ impl Harness {
         self.paths.push(path.into());
     }
 
+    /// Removes `path` with the harness, unless the test is failing: then it
+    /// is kept (and named on stderr) so its logs can be read.
+    pub fn keep_if_failed(&mut self, path: impl Into<PathBuf>) {
+        self.kept_if_failed.push(path.into());
+    }
+
     fn owned(&mut self, pid: u32) -> &mut Owned {
         self.processes
             .iter_mut()
@@ -128,7 +136,13 @@ impl Drop for Harness {
                 );
             }
         }
-        for path in self.paths.drain(..) {
+        if std::thread::panicking() {
+            for path in self.kept_if_failed.drain(..) {
+                eprintln!("harness: kept {} for inspection", path.display());
+            }
+        }
+        let kept_if_failed = std::mem::take(&mut self.kept_if_failed);
+        for path in self.paths.drain(..).chain(kept_if_failed) {
             // SQLite's side files go with the database.
             for suffix in ["", "-wal", "-shm", "-journal"] {
                 let mut name = path.clone().into_os_string();

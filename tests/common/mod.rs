@@ -1,5 +1,13 @@
 //! Shared test harness: a real gateway on 127.0.0.1:0, real WebSocket clients,
 //! tokens of every kind. Each test binary uses the parts it needs.
+//!
+//! Every test binary compiles this module, so it holds only what many use.
+//! Helpers of one subject live beside it (`live_session.rs` and
+//! `scenario.rs` for the fault scenarios, `mistral.rs`, `relay.rs`,
+//! `devthoth_client.rs`, `deploy.rs`, `hostile.rs`, `jwt_forge.rs`,
+//! `key_store_fixture.rs`) and are declared only by the test files of that
+//! subject: `#[path = "common/relay.rs"] mod relay;`. Processes a test
+//! starts belong to a [`harness::Harness`].
 #![allow(dead_code)]
 
 pub mod harness;
