@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod redact;
 pub mod state;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,7 +155,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         thoth,
         keys,
         mistral,
-        mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
+        mistral_sessions: upstream::mistral::sessions::MistralSessions::new(),
         note_sessions: Default::default(),
         config: config.clone(),
     });
