@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
-use crate::crypto::SecretString;
+use crate::store::SecretString;
 
 /// Default Mistral realtime endpoint (unreachable from the test machines; tests
 /// point `MISTRAL_WS_URL` at a fake).
@@ -129,7 +129,7 @@ pub struct Config {
     /// derived from the request's host when unset.
     pub public_ws_base_url: Option<String>,
     /// May carry a password: held as a secret, logged only through
-    /// [`crate::redact`].
+    /// [`crate::store::redact`].
     pub database_url: SecretString,
     pub jwt: JwtConfig,
     /// Base64 of the 32-byte key that encrypts stored API keys.
@@ -177,7 +177,7 @@ impl fmt::Debug for Config {
             .field("public_ws_base_url", &self.public_ws_base_url)
             .field(
                 "database_url",
-                &crate::redact::redact(self.database_url.expose()),
+                &crate::store::redact::redact(self.database_url.expose()),
             )
             .field("jwt_algorithm", &self.jwt.algorithm)
             .field(
@@ -185,14 +185,14 @@ impl fmt::Debug for Config {
                 &self
                     .thoth_ws_urls
                     .iter()
-                    .map(|u| crate::redact::redact(u))
+                    .map(|u| crate::store::redact::redact(u))
                     .collect::<Vec<_>>(),
             )
             .field("thoth_protocol", &self.thoth_protocol)
             .field("thoth_stream_token", &self.thoth_stream_token)
             .field(
                 "mistral_ws_url",
-                &crate::redact::redact(&self.mistral_ws_url),
+                &crate::store::redact::redact(&self.mistral_ws_url),
             )
             .field("mistral_models", &self.mistral_models)
             .field("allowed_origins", &self.allowed_origins)

@@ -18,9 +18,9 @@ use super::endpoint::{connect_failure_error, open_mistral_socket, MistralEndpoin
 use super::sessions::MistralSessionGuard;
 use super::transcript::Transcript;
 use crate::audio::AudioFormat;
-use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
+use crate::store::SecretString;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::writer::{SendFailure, SocketWriter, WriterPolicy};
 use crate::upstream::{

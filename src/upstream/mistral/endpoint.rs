@@ -10,8 +10,8 @@ use awc::ws::Frame;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
-use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
+use crate::store::SecretString;
 use crate::upstream::connect::{self, ConnectFailure, WsFramed, WsTarget};
 use crate::upstream::writer::SendFailure;
 
@@ -58,7 +58,7 @@ impl MistralEndpoint {
 
     /// The URL as logs show it.
     pub fn display_url(&self) -> String {
-        crate::redact::redact(&self.url)
+        crate::store::redact::redact(&self.url)
     }
 }
 

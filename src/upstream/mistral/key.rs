@@ -1,9 +1,9 @@
 //! The user's own Mistral API key, looked up in the key store when a
 //! Mistral session opens.
 
-use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
-use crate::keys::{ApiKeyStore, KeyStoreError, Provider};
+use crate::store::keys::{ApiKeyStore, KeyStoreError, Provider};
+use crate::store::SecretString;
 
 /// The user's Mistral key, or the error the browser gets instead:
 /// `NO_API_KEY` when none is stored (or it can no longer be decrypted),
