@@ -21,7 +21,7 @@ const ADMIN_PORT: u16 = 9091;
 /// Variables the gateway reads outside `src/config/`: (name, file, the code
 /// that reads it). The test checks the code is still there.
 const READ_OUTSIDE_CONFIG: &[(&str, &str, &str)] =
-    &[("RUST_LOG", "src/main.rs", "env_logger::Env::default()")];
+    &[("RUST_LOG", "src/logging.rs", "env_logger::Env::default()")];
 
 fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

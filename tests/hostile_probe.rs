@@ -152,7 +152,10 @@ async fn a_fragmented_text_message_that_is_not_utf8_gets_bad_message_and_1007() 
 
 #[actix_rt::test]
 async fn a_native_mistral_text_frame_that_is_not_utf8_gets_bad_message_and_1007() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(MISTRAL_KEY, fake_mistral::Mode::Segments));
+    let fake = FakeMistral::start(FakeMistralOptions::new(
+        MISTRAL_KEY,
+        fake_mistral::Mode::Segments,
+    ));
     let mut env = base_env("ws://127.0.0.1:9/stream-audio");
     env.insert("MISTRAL_WS_URL".into(), fake.url());
     let gateway = start_gateway(&env).await;
@@ -214,7 +217,10 @@ async fn a_token_a_few_seconds_past_exp_is_refused_at_connect_not_admitted_then_
 #[actix_rt::test]
 async fn mid_session_a_token_expires_by_the_same_rule_not_before_exp() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
-    let gateway = start_gateway(&base_env(&thoth.url())).await;
+    // The mid-session check exists only where tokens are checked continuously.
+    let mut env = base_env(&thoth.url());
+    env.insert("SESSION_TOKEN_CHECK".into(), "continuous".into());
+    let gateway = start_gateway(&env).await;
     let exp = now() + 2;
     let token = token_with(json!({"sub": "expiring", "exp": exp}));
     let mut client = connect(&ws_url(&gateway, TRANSCRIBE), Auth::Query(&token), None)

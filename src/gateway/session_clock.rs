@@ -58,13 +58,10 @@ impl SessionClock {
     }
 }
 
-/// Time left until a Unix time in seconds (zero once past).
+/// Time the token has left, by the same rule as the check at connect
+/// (`auth::time_left`), so a token is never admitted only to expire at once.
 fn until_unix_time(exp: u64) -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    Duration::from_secs(exp.saturating_sub(now))
+    crate::auth::time_left(exp)
 }
 
 #[cfg(test)]

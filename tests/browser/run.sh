@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The browser test: web/chronus-transcription.js and /demo in real headless
-# Chromium against a real `chronus-gateway demo` (docs/browser-client.md).
+# Chromium against a real `chronus-gateway demo` (docs/browser-client.md); and
+# the two chronus frontends recording 90 s each (chronus-frontends.test.mjs).
 #
 #   bash tests/browser/run.sh
 #
