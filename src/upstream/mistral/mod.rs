@@ -5,11 +5,13 @@
 //! A session goes: connect (`Authorization: Bearer <key>`, retried like
 //! thoth on network errors) → wait for `session.created` → send
 //! `session.update` with the browser's audio format → tell the ClientActor
-//! [`UpstreamEvent::Ready`] → relay audio as `input_audio.append` → on `end`,
-//! `input_audio.flush` + `input_audio.end` → Mistral's last segments and
-//! `transcription.done` → the last text no segment delivered, then
-//! [`UpstreamEvent::DoneWithTranscript`]; the socket closes with 1000 and the
-//! actor stops. No text is lost on the way (`transcript.rs`).
+//! [`Ready`](crate::upstream::UpstreamEvent::Ready) → relay audio as
+//! `input_audio.append` → on `end`, `input_audio.flush` + `input_audio.end`
+//! → Mistral's last segments and `transcription.done` → the last text no
+//! segment delivered, then
+//! [`DoneWithTranscript`](crate::upstream::UpstreamEvent::DoneWithTranscript);
+//! the socket closes with 1000 and the actor stops. No text is lost on the
+//! way (`transcript.rs`).
 //!
 //! **Pauses.** Mistral ends a session that gets no audio for about 30 s
 //! (error 3804). The browser still holds its session, so that is no error:
@@ -24,6 +26,9 @@
 //! current hypothesis" meaning thoth's interim results have, so a frontend can
 //! replace its interim line instead of appending to it.
 //!
+//! The key lives in a [`SecretString`](crate::store::SecretString) (wiped on
+//! drop, never logged) for as long as the session does, since a pause may
+//! need a fresh Mistral session.
 //!
 //! Files: `endpoint.rs` (where Mistral is, opening an authenticated socket),
 //! `key.rs` (the user's stored key), `actor.rs` (the per-session actor, its
