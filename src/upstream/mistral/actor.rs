@@ -284,6 +284,7 @@ impl MistralUpstreamActor {
         self.send(INPUT_AUDIO_END.to_owned(), ctx);
     }
 
+    /// Closes the current socket; its late frames are ignored from now on.
     fn drop_socket(&mut self) {
         self.socket += 1;
         if let Some(writer) = self.writer.take() {
