@@ -20,9 +20,9 @@ use std::time::Duration;
 use base64::Engine;
 
 use crate::config::DemoSettings;
-use crate::crypto::SecretString;
 use crate::devthoth::{DevThoth, DevThothOptions};
-use crate::keys::Provider;
+use crate::store::keys::Provider;
+use crate::store::SecretString;
 
 const DEMO_USER: &str = "demo-user";
 const TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -150,7 +150,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         config.jwt.audience.as_deref(),
     )?;
 
-    let mistral_url = crate::redact::redact(&config.mistral_ws_url);
+    let mistral_url = crate::store::redact::redact(&config.mistral_ws_url);
     actix_rt::System::new().block_on(async move {
         let gateway = crate::start(config).await?;
         let public = gateway.public_addr;

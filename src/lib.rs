@@ -7,20 +7,22 @@
 pub mod audio;
 pub mod auth;
 pub mod config;
-pub mod crypto;
-pub mod db;
 pub mod demo;
 pub mod devthoth;
 pub mod error;
 pub mod gateway;
 pub mod http;
-pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
-pub mod redact;
 pub mod state;
+pub mod store;
 pub mod upstream;
+pub mod wire;
+
+// The store's modules at their former paths, for code and tests outside it
+// that still name `crate::db`, `crate::keys`, `crate::crypto`, `crate::redact`.
+pub use store::{crypto, db, keys, redact};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,11 +119,12 @@ fn access_log() -> Logger {
 /// current encryption key version (see `keys` on rotation). Returns how many
 /// rows were re-encrypted. Runs on the current actix system.
 pub async fn reencrypt_keys(config: &Config) -> Result<usize, Box<dyn std::error::Error>> {
-    let cipher = keys::cipher_from_config(config)?;
+    let cipher = store::key_rotation::cipher_from_config(config)?;
     let database_url = config.database_url.clone();
     // Exposed only to the driver, on the blocking thread.
-    let database = web::block(move || db::Database::connect(database_url.expose())).await??;
-    let store = keys::ApiKeyStore::new(database, Arc::new(cipher));
+    let database =
+        web::block(move || store::db::Database::connect(database_url.expose())).await??;
+    let store = store::keys::ApiKeyStore::new(database, Arc::new(cipher));
     Ok(store.reencrypt_all().await?)
 }
 
@@ -134,16 +137,17 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
     let thoth_tls = upstream::connect::tls_config(config.thoth_ca_cert.as_deref())?;
     let jwt = JwtValidator::new(&config.jwt)?;
     let mistral = upstream::mistral::MistralEndpoint::from_config(&config)?;
-    let cipher = keys::cipher_from_config(&config)?;
+    let cipher = store::key_rotation::cipher_from_config(&config)?;
     // Connecting blocks (and may wait for PostgreSQL): keep it off this thread.
     let database_url = config.database_url.clone();
-    let database = web::block(move || db::Database::connect(database_url.expose())).await??;
+    let database =
+        web::block(move || store::db::Database::connect(database_url.expose())).await??;
     log::info!(
         "database: {} ({})",
         database.backend(),
         database.redacted_url()
     );
-    let keys = keys::ApiKeyStore::new(database, Arc::new(cipher));
+    let keys = store::keys::ApiKeyStore::new(database, Arc::new(cipher));
     let upstream_arbiter = Arbiter::new();
     let thoth = ThothPool::start(&config, thoth_tls, &upstream_arbiter.handle());
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
@@ -154,7 +158,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         thoth,
         keys,
         mistral,
-        mistral_sessions: upstream::mistral_sessions::MistralSessions::new(),
+        mistral_sessions: upstream::mistral::sessions::MistralSessions::new(),
         note_sessions: Default::default(),
         config: config.clone(),
     });

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::gateway::limits::SessionLimiter;
-use crate::keys::ApiKeyStore;
+use crate::store::keys::ApiKeyStore;
+use crate::upstream::mistral::sessions::MistralSessions;
 use crate::upstream::mistral::MistralEndpoint;
-use crate::upstream::mistral_sessions::MistralSessions;
 use crate::upstream::pool::ThothPool;
 
 /// The gateway's shared state, one per process.

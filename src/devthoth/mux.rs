@@ -6,7 +6,7 @@
 //!   audio. Each completed second (`sample_rate` samples) becomes a final
 //!   `transcription` with `start`/`end` in seconds of the session's audio
 //!   including `offset_ms / 1000`, and the text
-//!   [`describe_audio`]`(floor(start), second)`. When the frame leaves a
+//!   [`describe_audio`](super::describe_audio)`(floor(start), second)`. When the frame leaves a
 //!   partial second pending, an interim `listening {pending_secs:.2}s`
 //!   follows the frame's finals (if interim results are on).
 //! - `session.end` emits the pending partial second (if any) as a final, then
@@ -26,9 +26,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::frames::{self, DataMessage};
+use super::mux_session::{FinalResult, MuxSession};
 use super::{
-    close_code, describe_audio, ConnectionControl, DevThothStats, DropAbruptly, Encoding,
-    SendSocketError, Shared, MUX_SAMPLE_RATES,
+    close_code, ConnectionControl, DevThothStats, DropAbruptly, Encoding, SendSocketError, Shared,
+    MUX_SAMPLE_RATES,
 };
 
 /// Error codes thoth sends in `{"type":"error","code":…}`.
@@ -47,78 +48,6 @@ pub mod error_code {
 
 /// Bytes of the session id at the start of every binary frame.
 const SESSION_ID_BYTES: usize = 16;
-
-/// One open session's audio bookkeeping.
-struct MuxSession {
-    encoding: Encoding,
-    sample_rate: u32,
-    offset_ms: u64,
-    /// Samples already covered by final results.
-    finalized_samples: u64,
-    /// Samples of the second in progress.
-    pending: Vec<f32>,
-}
-
-/// A final result, before it is put on the wire.
-struct FinalResult {
-    start: f64,
-    end: f64,
-    text: String,
-}
-
-impl MuxSession {
-    /// Seconds of the session's audio (offset included) at sample `sample`.
-    fn seconds_at(&self, sample: u64) -> f64 {
-        self.offset_ms as f64 / 1000.0 + sample as f64 / f64::from(self.sample_rate)
-    }
-
-    /// `floor(seconds_at(sample))`, in exact integer arithmetic.
-    fn whole_seconds_at(&self, sample: u64) -> u64 {
-        let rate = u128::from(self.sample_rate);
-        let numerator = u128::from(self.offset_ms) * rate + u128::from(sample) * 1000;
-        // Fits: offset_ms and sample counts are far below 2^64 / 1000.
-        u64::try_from(numerator / (1000 * rate)).unwrap_or(u64::MAX)
-    }
-
-    /// Turns `samples` (the next audio after `finalized_samples`) into a final.
-    fn finalize(&mut self, samples: &[f32]) -> FinalResult {
-        let first = self.finalized_samples;
-        self.finalized_samples += samples.len() as u64;
-        FinalResult {
-            start: self.seconds_at(first),
-            end: self.seconds_at(self.finalized_samples),
-            text: describe_audio(self.whole_seconds_at(first), samples),
-        }
-    }
-
-    /// Finals for every whole second pending.
-    fn take_whole_seconds(&mut self) -> Vec<FinalResult> {
-        let per_second = self.sample_rate as usize;
-        let mut finals = Vec::new();
-        while self.pending.len() >= per_second {
-            let second: Vec<f32> = self.pending.drain(..per_second).collect();
-            finals.push(self.finalize(&second));
-        }
-        finals
-    }
-
-    /// The final for the partial second still pending, if any (`session.end`).
-    fn take_rest(&mut self) -> Option<FinalResult> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let rest = std::mem::take(&mut self.pending);
-        Some(self.finalize(&rest))
-    }
-
-    /// The whole current hypothesis while a second is in progress.
-    fn interim_text(&self) -> String {
-        format!(
-            "listening {:.2}s",
-            self.pending.len() as f64 / f64::from(self.sample_rate)
-        )
-    }
-}
 
 /// Whom an error is about.
 enum Blame<'a> {
@@ -405,51 +334,5 @@ impl Handler<SendSocketError> for MuxSocket {
         let message = "dev thoth is closing this socket";
         ctx.text(json!({ "type": "error", "code": msg.code, "message": message }).to_string());
         frames::close_and_stop(ctx, CloseCode::Other(close_code::SOCKET_ERROR), message);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(sample_rate: u32, offset_ms: u64) -> MuxSession {
-        MuxSession {
-            encoding: Encoding::F32le,
-            sample_rate,
-            offset_ms,
-            finalized_samples: 0,
-            pending: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn finals_cover_whole_seconds_and_keep_the_rest_pending() {
-        let mut s = session(8000, 0);
-        s.pending = vec![0.5; 8000 * 2 + 100];
-        let finals = s.take_whole_seconds();
-        assert_eq!(finals.len(), 2);
-        assert_eq!((finals[1].start, finals[1].end), (1.0, 2.0));
-        assert_eq!(finals[1].text, describe_audio(1, &[0.5; 8000]));
-        assert_eq!(s.pending.len(), 100);
-        assert_eq!(s.interim_text(), "listening 0.01s");
-        let rest = s.take_rest().expect("100 samples pending");
-        assert_eq!((rest.start, rest.end), (2.0, 2.0125));
-        assert!(s.take_rest().is_none());
-    }
-
-    #[test]
-    fn offset_shifts_timestamps_and_the_index_is_floor_of_start() {
-        let mut s = session(16000, 2500);
-        s.pending = vec![0.0; 16000];
-        let finals = s.take_whole_seconds();
-        assert_eq!((finals[0].start, finals[0].end), (2.5, 3.5));
-        assert!(finals[0].text.starts_with("second 2:"));
-    }
-
-    #[test]
-    fn whole_seconds_are_exact_even_where_floats_are_not() {
-        let s = session(48000, 2999);
-        assert_eq!(s.whole_seconds_at(48), 3);
-        assert_eq!(s.whole_seconds_at(47), 2);
     }
 }

@@ -47,12 +47,12 @@ use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
+use crate::upstream::mistral::sessions::MistralSessionGuard;
 use crate::upstream::mistral::{
-    self, append_frames, connect_failure_error, open_mistral_socket, FromMistral, MistralEndpoint,
-    WriterFailed,
+    self, connect_failure_error, open_mistral_socket, FromMistral, MistralEndpoint, WriterFailed,
 };
-use crate::upstream::mistral_sessions::MistralSessionGuard;
 use crate::upstream::writer::{message_len, SocketWriter, WriterPolicy};
+use crate::wire::mistral::append_frames;
 
 use crate::gateway::mistral_model::endpoint_for_query;
 use crate::gateway::outbound::detached;

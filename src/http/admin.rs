@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::metrics;
 use crate::state::AppState;
-use crate::upstream::mistral_sessions::MistralSessionsSnapshot;
+use crate::upstream::mistral::sessions::MistralSessionsSnapshot;
 use crate::upstream::thoth::EndpointSnapshot;
 
 /// Routes of the admin listener.

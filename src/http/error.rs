@@ -53,9 +53,9 @@ impl ResponseError for ApiError {
 
 /// Key store failures as the settings and token endpoints answer them. The
 /// messages never carry a key (see `KeyStoreError`).
-impl From<crate::keys::KeyStoreError> for ApiError {
-    fn from(err: crate::keys::KeyStoreError) -> Self {
-        use crate::keys::KeyStoreError;
+impl From<crate::store::keys::KeyStoreError> for ApiError {
+    fn from(err: crate::store::keys::KeyStoreError) -> Self {
+        use crate::store::keys::KeyStoreError;
         match err {
             KeyStoreError::InvalidKey(reason) => ApiError::BadRequest {
                 message: format!("Invalid API key: {reason}"),

@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::gateway::admission::authenticate_http;
 use crate::gateway::mistral_proxy;
 use crate::http::error::ApiError;
-use crate::keys::Provider;
 use crate::state::AppState;
+use crate::store::keys::Provider;
 
 /// Path of the native Mistral proxy on the public listener.
 pub const MISTRAL_WS_PATH: &str = "/api/mistral/ws";

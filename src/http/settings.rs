@@ -12,11 +12,11 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::crypto::SecretString;
 use crate::gateway::admission::authenticate_http;
 use crate::http::error::ApiError;
-use crate::keys::Provider;
 use crate::state::AppState;
+use crate::store::keys::Provider;
+use crate::store::SecretString;
 
 /// Largest `PUT` body accepted: a key is at most 512 characters.
 pub const MAX_BODY_BYTES: usize = 4096;

@@ -8,9 +8,6 @@
 pub mod audio_route;
 pub mod connect;
 pub mod mistral;
-pub mod mistral_sessions;
-pub mod mistral_transcript;
-pub mod mistral_wire;
 pub mod mux_frame;
 pub mod pool;
 pub mod replay;

@@ -17,7 +17,7 @@ pub const PUBLIC_PORT: u16 = 8080;
 /// Container port of the admin listener (never published).
 pub const ADMIN_PORT: u16 = 9091;
 
-/// Variables the gateway reads outside `src/config.rs`: (name, file, the code
+/// Variables the gateway reads outside `src/config/`: (name, file, the code
 /// that reads it). The test checks the code is still there.
 pub const READ_OUTSIDE_CONFIG: &[(&str, &str, &str)] =
     &[("RUST_LOG", "src/logging.rs", "env_logger::Env::default()")];
@@ -180,37 +180,66 @@ pub fn is_vars_call_argument(code_before: &str) -> bool {
             .is_some_and(|receiver| receiver.trim_end().ends_with("vars"))
 }
 
-/// The variables `src/config.rs` reads: every `"UPPER_CASE"` literal passed
+/// The configuration's sources: every file of `src/config/` except its unit
+/// tests (`tests.rs`), each cut at its first `#[cfg(test)]`.
+pub fn config_sources() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list src/config: {e}"))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| {
+            path.extension().is_some_and(|ext| ext == "rs")
+                && path.file_name().is_some_and(|name| name != "tests.rs")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "src/config/ holds no source file");
+    files
+        .iter()
+        .map(|path| {
+            let source = std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let code = source
+                .split("#[cfg(test)]")
+                .next()
+                .expect("split yields at least one part");
+            code.to_string()
+        })
+        .collect()
+}
+
+/// The variables `src/config/` reads: every `"UPPER_CASE"` literal passed
 /// to a `vars.…(` lookup, outside its unit tests.
 pub fn variables_read_by_config() -> BTreeSet<String> {
-    let source = repo_file("src/config.rs");
-    let code = source
-        .split("#[cfg(test)]")
-        .next()
-        .expect("split yields at least one part");
-    let literals = string_literals(code);
-    let read: BTreeSet<String> = literals
-        .iter()
-        .filter(|l| looks_like_env_var(&l.value) && is_vars_call_argument(l.code_before))
-        .map(|l| l.value.clone())
-        .collect();
-    // A variable named anywhere else in config.rs (an error message, a
+    let mut read = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    for code in config_sources() {
+        let literals = string_literals(&code);
+        read.extend(
+            literals
+                .iter()
+                .filter(|l| looks_like_env_var(&l.value) && is_vars_call_argument(l.code_before))
+                .map(|l| l.value.clone()),
+        );
+        named.extend(
+            literals
+                .iter()
+                .filter(|l| looks_like_env_var(&l.value))
+                .map(|l| l.value.clone()),
+        );
+    }
+    // A variable named anywhere else in src/config/ (an error message, a
     // direct std::env::var) must also be read through `vars`, or this test
     // would not see how it is read.
-    let named: BTreeSet<String> = literals
-        .iter()
-        .filter(|l| looks_like_env_var(&l.value))
-        .map(|l| l.value.clone())
-        .collect();
     let stray: Vec<_> = named.difference(&read).collect();
     assert!(
         stray.is_empty(),
-        "src/config.rs names {stray:?} but never reads them through `vars.…(\"NAME\")`"
+        "src/config/ names {stray:?} but never reads them through `vars.…(\"NAME\")`"
     );
     read
 }
 
-/// Everything the gateway reads: config.rs plus the few read elsewhere.
+/// Everything the gateway reads: src/config/ plus the few read elsewhere.
 pub fn variables_read_by_gateway() -> BTreeSet<String> {
     let mut names = variables_read_by_config();
     for (name, file, code) in READ_OUTSIDE_CONFIG {

@@ -1,10 +1,10 @@
 //! `DATABASE_URL` parsing: which backend and what to hand it. Messages
-//! mention the URL only through [`crate::redact`].
+//! mention the URL only through [`crate::store::redact`].
 
 use std::path::PathBuf;
 
 use super::DbError;
-use crate::redact::{looks_like_conninfo, redact};
+use crate::store::redact::{looks_like_conninfo, redact};
 
 /// libpq's own connect timeout (it also bounds the start-up handshake, so a
 /// server that accepts TCP and then says nothing cannot hang us).

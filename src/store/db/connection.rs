@@ -14,7 +14,7 @@ use diesel::r2d2::R2D2Connection;
 use diesel::{PgConnection, SqliteConnection};
 
 use super::url::Target;
-use crate::redact::Scrubber;
+use crate::store::redact::Scrubber;
 
 /// How long SQLite waits for a lock held by another connection before
 /// answering "database is locked".

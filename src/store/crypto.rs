@@ -1,5 +1,4 @@
-//! Encryption of users' provider API keys at rest, and [`SecretString`], the
-//! type every module uses to carry a secret (API key, JWT) around.
+//! Encryption of users' provider API keys at rest.
 //!
 //! Keys are sealed with XChaCha20-Poly1305: a 32-byte key from
 //! `API_KEY_ENCRYPTION_KEY` (base64) and a fresh random 24-byte nonce per
@@ -8,7 +7,7 @@
 //! the key that sealed it, so the key can be rotated: the cipher holds one
 //! current key (used to encrypt) and, optionally, older keys by version (used
 //! only to decrypt), see [`KeyCipher::with_previous`] and
-//! [`crate::keys::ApiKeyStore::reencrypt_all`].
+//! [`crate::store::keys::ApiKeyStore::reencrypt_all`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +17,10 @@ use chacha20poly1305::aead::rand_core::RngCore as _;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, Zeroizing};
+
+/// Re-exported at its former path (`crate::crypto::SecretString`) for callers
+/// outside the store; new code uses [`crate::store::SecretString`].
+pub use super::secret::SecretString;
 
 /// Environment variable that holds the current encryption key; named in
 /// error messages (its value never is).
@@ -51,69 +54,6 @@ pub enum CryptoError {
     /// The plaintext is not UTF-8 (cannot happen for values we sealed).
     #[error("decrypted value is not valid UTF-8")]
     NotUtf8,
-}
-
-/// A secret string (API key, JWT): `Debug` and `Display` print `***`, the
-/// buffer is wiped on drop. Read it with [`SecretString::expose`], only where
-/// the secret is actually sent somewhere.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-
-    /// The secret itself. Never log or format the result.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl From<String> for SecretString {
-    fn from(secret: String) -> Self {
-        Self(secret)
-    }
-}
-
-impl From<&str> for SecretString {
-    fn from(secret: &str) -> Self {
-        Self(secret.to_owned())
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Drop for SecretString {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-/// Lets request bodies such as `{"apiKey": "…"}` deserialize straight into a
-/// secret. There is deliberately no `Serialize`.
-impl<'de> serde::Deserialize<'de> for SecretString {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(SecretString)
-    }
 }
 
 /// An encrypted value and what is needed to open it again.
@@ -471,15 +411,5 @@ mod tests {
             .unwrap()
             .with_version(1)
             .is_err());
-    }
-
-    #[test]
-    fn secret_string_never_formats_its_value() {
-        let secret = SecretString::from("sk-very-secret");
-        assert_eq!(format!("{secret}"), "***");
-        assert_eq!(format!("{secret:?}"), "***");
-        assert_eq!(secret.expose(), "sk-very-secret");
-        let parsed: SecretString = serde_json::from_str("\"sk-json\"").unwrap();
-        assert_eq!(parsed.expose(), "sk-json");
     }
 }

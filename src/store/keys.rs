@@ -5,20 +5,7 @@
 //! or provider no longer decrypts. Only the last characters (`last4`) are
 //! kept in clear, to let the user recognise the key in the settings page.
 //! Keys are never logged; logs name the user, the provider and `last4`.
-//!
-//! # Rotating `API_KEY_ENCRYPTION_KEY`
-//!
-//! 1. Generate a new key (`openssl rand -base64 32`).
-//! 2. Start the gateway with the new key as current, with a higher version,
-//!    and the old key as previous (see [`cipher_from_config`]):
-//!    `API_KEY_ENCRYPTION_KEY=<new>`, `API_KEY_ENCRYPTION_KEY_VERSION=2`,
-//!    `API_KEY_PREVIOUS_ENCRYPTION_KEYS=1:<old>`.
-//!    Stored keys stay readable; new writes use version 2.
-//! 3. Run `chronus-gateway reencrypt-keys` (same environment), which calls
-//!    [`ApiKeyStore::reencrypt_all`]: it reports how many rows it moved to
-//!    the current version (rows that cannot be decrypted are logged and left
-//!    alone).
-//! 4. Once it reports 0, drop the previous key from the configuration.
+//! Rotating the encryption key: `key_rotation.rs`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,10 +15,11 @@ use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::crypto::{CryptoError, KeyCipher, Sealed, SecretString, NONCE_BYTES};
-use crate::db::models::{ApiKeyRow, NewApiKey, SealedKeyChange};
-use crate::db::schema::api_keys;
-use crate::db::{AnyConnection, Database, DbError};
+use crate::store::crypto::{CryptoError, KeyCipher, Sealed, NONCE_BYTES};
+use crate::store::db::models::{ApiKeyRow, NewApiKey, SealedKeyChange};
+use crate::store::db::schema::api_keys;
+use crate::store::db::{AnyConnection, Database, DbError};
+use crate::store::SecretString;
 
 /// Longest API key accepted, in characters.
 pub const MAX_API_KEY_CHARS: usize = 512;
@@ -40,19 +28,6 @@ pub const MAX_API_KEY_CHARS: usize = 512;
 pub const LAST_CHARS_SHOWN: usize = 4;
 /// Associated-data prefix; the version lets the binding format change.
 const AAD_PREFIX: &[u8] = b"chronus-api-key:v1:";
-/// Rows re-encrypted per query by `reencrypt_all`.
-const REENCRYPT_BATCH_ROWS: i64 = 100;
-
-/// The gateway's cipher from its configuration: the current key with its
-/// version, plus every previous key (decryption only).
-pub fn cipher_from_config(config: &crate::config::Config) -> Result<KeyCipher, CryptoError> {
-    let mut cipher = KeyCipher::from_base64(config.api_key_encryption_key.expose())?
-        .with_version(config.api_key_encryption_key_version)?;
-    for (version, key) in &config.api_key_previous_encryption_keys {
-        cipher = cipher.with_previous(*version, key.expose())?;
-    }
-    Ok(cipher)
-}
 
 /// A speech-to-text provider a user can store a key for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -271,17 +246,6 @@ impl ApiKeyStore {
             }
         }
     }
-
-    /// Re-encrypt every stored key whose key version is not the cipher's
-    /// current one (see the module docs on rotation). Returns the number
-    /// of rows re-encrypted. Rows that cannot be decrypted are logged and
-    /// left as they are; rows replaced meanwhile are skipped.
-    pub async fn reencrypt_all(&self) -> Result<usize, KeyStoreError> {
-        let cipher = Arc::clone(&self.cipher);
-        self.db
-            .run(move |conn| reencrypt_stale_rows(conn, &cipher))
-            .await
-    }
 }
 
 /// The trimmed key, or why it is refused (without quoting it).
@@ -312,7 +276,7 @@ fn last_chars(key: &str) -> String {
 
 /// Binds a ciphertext to its owner and provider. The provider never
 /// contains NUL, so the encoding is unambiguous.
-fn aad(user_id: &str, provider: &str) -> Vec<u8> {
+pub(super) fn aad(user_id: &str, provider: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(AAD_PREFIX.len() + user_id.len() + 1 + provider.len());
     aad.extend_from_slice(AAD_PREFIX);
     aad.extend_from_slice(user_id.as_bytes());
@@ -326,7 +290,7 @@ fn now_utc() -> NaiveDateTime {
     Utc::now().naive_utc().trunc_subsecs(6)
 }
 
-fn db_version(version: u32) -> i32 {
+pub(super) fn db_version(version: u32) -> i32 {
     // KeyCipher only accepts versions in 1..=i32::MAX.
     i32::try_from(version).expect("KeyCipher key versions fit in i32")
 }
@@ -383,7 +347,7 @@ fn upsert(
     }
 }
 
-fn sealed_from_row(row: &ApiKeyRow) -> Result<Sealed, CryptoError> {
+pub(super) fn sealed_from_row(row: &ApiKeyRow) -> Result<Sealed, CryptoError> {
     let nonce: [u8; NONCE_BYTES] = row
         .nonce
         .as_slice()
@@ -400,65 +364,6 @@ fn sealed_from_row(row: &ApiKeyRow) -> Result<Sealed, CryptoError> {
 fn open_row(cipher: &KeyCipher, row: &ApiKeyRow) -> Result<SecretString, CryptoError> {
     let sealed = sealed_from_row(row)?;
     cipher.decrypt(&sealed, &aad(&row.user_id, &row.provider))
-}
-
-fn reencrypt_stale_rows(
-    conn: &mut AnyConnection,
-    cipher: &KeyCipher,
-) -> Result<usize, KeyStoreError> {
-    let current = db_version(cipher.current_version());
-    let mut after_id = 0i64;
-    let mut reencrypted = 0usize;
-    let mut failed = 0usize;
-    loop {
-        let rows: Vec<ApiKeyRow> = api_keys::table
-            .filter(api_keys::key_version.ne(current))
-            .filter(api_keys::id.gt(after_id))
-            .order(api_keys::id.asc())
-            .limit(REENCRYPT_BATCH_ROWS)
-            .select(ApiKeyRow::as_select())
-            .load(conn)?;
-        let Some(last) = rows.last() else {
-            break;
-        };
-        after_id = last.id;
-        for row in &rows {
-            let aad = aad(&row.user_id, &row.provider);
-            let plaintext =
-                match sealed_from_row(row).and_then(|sealed| cipher.decrypt_bytes(&sealed, &aad)) {
-                    Ok(plaintext) => plaintext,
-                    Err(err) => {
-                        failed += 1;
-                        log::error!(
-                            "cannot re-encrypt {} API key of user {} (key version {}): {err}",
-                            row.provider,
-                            row.user_id,
-                            row.key_version
-                        );
-                        continue;
-                    }
-                };
-            let sealed = cipher.encrypt(&plaintext, &aad);
-            // Only if the row is still the one we read: a concurrent `put`
-            // has already written it with the current key.
-            let updated = diesel::update(
-                api_keys::table
-                    .filter(api_keys::id.eq(row.id))
-                    .filter(api_keys::nonce.eq(&row.nonce)),
-            )
-            .set((
-                api_keys::ciphertext.eq(&sealed.ciphertext),
-                api_keys::nonce.eq(&sealed.nonce[..]),
-                api_keys::key_version.eq(current),
-            ))
-            .execute(conn)?;
-            reencrypted += updated;
-        }
-    }
-    log::info!(
-        "re-encrypted {reencrypted} API keys to key version {current}; {failed} could not be decrypted"
-    );
-    Ok(reencrypted)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod url;
 pub use connection::{AnyConnection, AnyConnectionManager, ConnectionFailure, SqlitePragmas};
 pub use url::PG_CONNECT_TIMEOUT_SECS;
 
-use crate::redact::{redact, Scrubber};
+use crate::store::redact::{redact, Scrubber};
 use connection::LogPoolErrors;
 use url::Target;
 
