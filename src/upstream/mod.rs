@@ -5,17 +5,18 @@
 //! A transcription travels `thoth.rs` or `mistral.rs` (socket frame →
 //! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
 
-pub mod audio_route;
 pub mod connect;
 pub mod mistral;
 pub mod mistral_sessions;
 pub mod mistral_transcript;
 pub mod mistral_wire;
-pub mod mux_frame;
-pub mod pool;
-pub mod replay;
 pub mod thoth;
 pub mod writer;
+
+// Old paths, kept so tests/ and examples/ compile until they import from
+// `crate::wire::thoth_mux` and `crate::upstream::thoth::resume` directly.
+pub use crate::wire::thoth_mux as mux_frame;
+pub use thoth::resume as replay;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use uuid::Uuid;
 
 use crate::audio::AudioFormat;
 use crate::error::GatewayError;
-use audio_route::AudioRoute;
+use thoth::audio_route::AudioRoute;
 
 /// What an upstream tells one session's ClientActor.
 #[derive(Debug, Clone, PartialEq, Message)]

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::thoth::{EndpointSnapshot, GetSnapshot, Join, ThothEndpointConfig, ThothUpstreamActor};
-use super::{Subscribe, UpstreamLink};
+use super::mux_actor::{
+    EndpointSnapshot, GetSnapshot, Join, ThothEndpointConfig, ThothUpstreamActor,
+};
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
+use crate::upstream::{Subscribe, UpstreamLink};
 
 /// One thoth endpoint as the pool sees it.
 struct Endpoint {
@@ -28,7 +30,7 @@ pub struct ThothPool {
 
 impl ThothPool {
     /// Starts one upstream actor per endpoint on `arbiter`.
-    /// `tls` verifies `wss://` endpoints (see [`super::connect::tls_config`]).
+    /// `tls` verifies `wss://` endpoints (see [`crate::upstream::connect::tls_config`]).
     pub fn start(
         config: &Config,
         tls: Arc<rustls::ClientConfig>,

@@ -29,17 +29,19 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audio_route::AudioRoute;
-use super::connect::{self, ConnectFailure, WsTarget};
-use super::mux_frame::{self, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
-use super::replay::ReplayBuffer;
-use super::writer::{SendFailure, SocketWriter, WriterPolicy};
-use super::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
+use super::resume::ReplayBuffer;
 use crate::audio::AudioFormat;
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
+use crate::upstream::connect::{self, ConnectFailure, WsTarget};
+use crate::upstream::writer::{SendFailure, SocketWriter, WriterPolicy};
+use crate::upstream::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
+use crate::wire::thoth_mux::{
+    self as mux_frame, map_thoth_error, MuxCommand, MuxEvent, MUX_SUBPROTOCOL,
+};
 
-#[path = "thoth_legacy.rs"]
+#[path = "legacy_actor.rs"]
 mod legacy;
 pub use legacy::{Refusal, LEGACY_REFUSAL_WINDOW};
 
@@ -884,15 +886,6 @@ fn stalled_client_error() -> GatewayError {
         ErrorCode::RateLimited,
         "The browser is not reading transcription results; session closed",
     )
-}
-
-/// Thoth's per-session error codes, as the browser sees them (PROTOCOL.md 3.1).
-pub fn map_thoth_error(code: &str) -> ErrorCode {
-    match code {
-        "UNSUPPORTED_AUDIO" => ErrorCode::InvalidAudioFormat,
-        "OVERLOADED" => ErrorCode::ThothBusy,
-        _ => ErrorCode::ThothError,
-    }
 }
 
 impl Actor for ThothUpstreamActor {

@@ -22,8 +22,9 @@ use uuid::Uuid;
 
 use super::{Link, Phase, SessionSlot, StallWatch, ThothUpstreamActor};
 use crate::error::{ErrorCode, GatewayError};
-use crate::upstream::audio_route::AudioRoute;
+use crate::upstream::thoth::audio_route::AudioRoute;
 use crate::upstream::{Subscribe, UpstreamEvent};
+use crate::wire::thoth_legacy;
 
 /// After a legacy socket opens, a close 1013 within this long still counts as
 /// a refused handshake (the session moves on); later it is `THOTH_BUSY` for
@@ -57,17 +58,6 @@ pub(super) struct PendingJoin {
     session_id: Uuid,
     route: AudioRoute,
     reply: oneshot::Sender<JoinReply>,
-}
-
-/// The text of a legacy result, `{"transcription":"…"}`; `None` otherwise.
-pub(super) fn parse_transcription(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct LegacyResult {
-        transcription: String,
-    }
-    serde_json::from_str::<LegacyResult>(text)
-        .ok()
-        .map(|r| r.transcription)
 }
 
 impl ThothUpstreamActor {
@@ -206,7 +196,7 @@ impl ThothUpstreamActor {
 
     /// `{"transcription":"…"}` → a final result for the endpoint's session.
     pub(super) fn on_legacy_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let Some(transcription) = parse_transcription(text) else {
+        let Some(transcription) = thoth_legacy::parse_transcription(text) else {
             log::warn!(
                 "thoth {}: skipping a frame that is not a transcription",
                 self.display_url
@@ -229,16 +219,6 @@ impl ThothUpstreamActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_transcription_objects_are_results() {
-        assert_eq!(
-            parse_transcription(r#"{"transcription":"hello there"}"#).as_deref(),
-            Some("hello there")
-        );
-        assert_eq!(parse_transcription(r#"{"error":"nope"}"#), None);
-        assert_eq!(parse_transcription("not json"), None);
-    }
 
     #[test]
     fn a_refusal_serializes_for_the_pool_report() {

@@ -1,0 +1,10 @@
+//! The thoth upstream: the pool that hands sessions to endpoints, and the
+//! actors that own each endpoint's socket(s).
+
+pub mod audio_route;
+pub mod mux_actor;
+pub mod pool;
+pub mod resume;
+
+pub use mux_actor::{EndpointSnapshot, ThothUpstreamActor};
+pub use pool::ThothPool;

@@ -1,0 +1,4 @@
+//! One module per wire protocol: the only code that parses or builds frames.
+
+pub mod thoth_legacy;
+pub mod thoth_mux;
