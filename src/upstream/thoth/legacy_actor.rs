@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use awc::ws::CloseCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
-use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::super::monitor::Refusal;
 use super::{Link, Phase, SessionSlot, StallWatch, ThothUpstreamActor};
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::thoth::audio_route::AudioRoute;
@@ -38,17 +38,6 @@ this gateway's Origin header or THOTH_STREAM_TOKEN";
 
 /// What a close 1013 right after the handshake means.
 const CLOSE_1013_MEANS: &str = "thoth is serving another stream (busy)";
-
-/// An endpoint's last refused handshake, for the pool report.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Refusal {
-    /// What thoth answered, e.g. `HTTP 403 on the handshake`.
-    pub what: String,
-    pub at: DateTime<Utc>,
-    /// What that answer may mean (an HTTP 403 is ambiguous).
-    pub may_mean: &'static str,
-}
 
 /// The answer to a legacy session's `Join`.
 pub(super) type JoinReply = Result<AudioRoute, GatewayError>;
@@ -213,28 +202,5 @@ impl ThothUpstreamActor {
             };
             self.notify(session_id, event, ctx);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refusal_serializes_for_the_pool_report() {
-        let refusal = Refusal {
-            what: "HTTP 403 on the handshake".into(),
-            at: DateTime::parse_from_rfc3339("2026-12-06T05:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
-            may_mean: HTTP_403_MAY_MEAN,
-        };
-        let json = serde_json::to_value(&refusal).unwrap();
-        assert_eq!(json["what"], "HTTP 403 on the handshake");
-        assert_eq!(json["at"], "2026-12-06T05:00:00Z");
-        assert!(json["mayMean"]
-            .as_str()
-            .unwrap()
-            .contains("THOTH_STREAM_TOKEN"));
     }
 }

@@ -2,9 +2,12 @@
 //! actors that own each endpoint's socket(s).
 
 pub mod audio_route;
+pub mod monitor;
 pub mod mux_actor;
 pub mod pool;
 pub mod resume;
+pub mod stall;
 
-pub use mux_actor::{EndpointSnapshot, ThothUpstreamActor};
+pub use monitor::EndpointSnapshot;
+pub use mux_actor::ThothUpstreamActor;
 pub use pool::ThothPool;

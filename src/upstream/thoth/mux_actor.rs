@@ -25,11 +25,12 @@ use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt};
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::audio_route::AudioRoute;
-use super::resume::ReplayBuffer;
+use super::monitor::{self, EndpointSnapshot, GetSnapshot, LinkState, Refusal};
+use super::resume::{self, ReplayBuffer};
+use super::stall::{StallWatch, CLIENT_STALL_TIMEOUT};
 use crate::audio::AudioFormat;
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
@@ -37,13 +38,11 @@ use crate::metrics;
 use crate::upstream::connect::{self, ConnectFailure, WsTarget};
 use crate::upstream::writer::{SendFailure, SocketWriter, WriterPolicy};
 use crate::upstream::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
-use crate::wire::thoth_mux::{
-    self as mux_frame, map_thoth_error, MuxCommand, MuxEvent, MUX_SUBPROTOCOL,
-};
+use crate::wire::thoth_mux::{map_thoth_error, MuxCommand, MuxEvent, MUX_SUBPROTOCOL};
 
 #[path = "legacy_actor.rs"]
 mod legacy;
-pub use legacy::{Refusal, LEGACY_REFUSAL_WINDOW};
+pub use legacy::LEGACY_REFUSAL_WINDOW;
 
 /// The gateway pings thoth this often; two intervals without a pong mean the
 /// socket is dead.
@@ -54,15 +53,8 @@ const MISSED_PONGS_ALLOWED: u32 = 2;
 /// stopped while its subscription was in flight) are swept out.
 const DEAD_CLIENT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A session whose browser has not consumed a single result for this long is
-/// cut off, freeing its place on the shared socket.
-pub const CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A closing socket's writer must be done by then, or it is dropped.
 const WRITER_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Longest pause between reconnection attempts while sessions wait to resume.
-const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Everything a ThothUpstreamActor needs to know about its endpoint.
 #[derive(Clone)]
@@ -112,33 +104,6 @@ struct SessionSlot {
     stall: StallWatch,
 }
 
-/// A ClientActor whose browser stops reading stops running (actix polls it
-/// only while the socket takes writes), so it stops handling its events.
-struct StallWatch {
-    last_handled: u64,
-    since: Instant,
-}
-
-impl StallWatch {
-    fn new() -> Self {
-        StallWatch {
-            last_handled: 0,
-            since: Instant::now(),
-        }
-    }
-
-    /// Whether events have been waiting for `limit` with none handled.
-    fn stalled(&mut self, backlog: usize, handled: u64, limit: Duration) -> bool {
-        let progressed = backlog == 0 || handled != self.last_handled;
-        self.last_handled = handled;
-        if progressed {
-            self.since = Instant::now();
-            return false;
-        }
-        self.since.elapsed() >= limit
-    }
-}
-
 /// An open socket: a bounded writer task and a reader stream on this actor.
 struct OpenSocket {
     generation: u64,
@@ -158,19 +123,11 @@ enum Link {
 }
 
 impl Link {
-    fn state_name(&self) -> &'static str {
+    fn state(&self) -> LinkState {
         match self {
-            Link::Down => "down",
-            Link::Connecting { .. } => "connecting",
-            Link::Open(_) => "open",
-        }
-    }
-
-    fn state_metric(&self) -> i64 {
-        match self {
-            Link::Down => 0,
-            Link::Connecting { .. } => 1,
-            Link::Open(_) => 2,
+            Link::Down => LinkState::Down,
+            Link::Connecting { .. } => LinkState::Connecting,
+            Link::Open(_) => LinkState::Open,
         }
     }
 }
@@ -196,27 +153,6 @@ pub struct WriterFailed {
     pub generation: u64,
     pub reason: String,
 }
-
-/// The per-endpoint figures the pool monitoring endpoint shows.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointSnapshot {
-    pub url: String,
-    pub protocol: ThothProtocol,
-    pub state: &'static str,
-    pub ref_count: usize,
-    pub session_ids: Vec<Uuid>,
-    pub connected_since: Option<DateTime<Utc>>,
-    pub reconnects: u64,
-    pub last_error: Option<String>,
-    /// Legacy: the last refused handshake (what, when, what it may mean).
-    pub last_refusal: Option<Refusal>,
-}
-
-/// Asks an upstream actor for its [`EndpointSnapshot`].
-#[derive(Message)]
-#[rtype(result = "EndpointSnapshot")]
-pub struct GetSnapshot;
 
 /// Owns one thoth endpoint's socket(s) and the sessions subscribed to it.
 pub struct ThothUpstreamActor {
@@ -282,9 +218,7 @@ impl ThothUpstreamActor {
     fn sessions_changed(&mut self, ctx: &mut Context<Self>) {
         let count = self.sessions.len();
         self.ref_count.store(count, Ordering::Relaxed);
-        metrics::THOTH_REF_COUNT
-            .with_label_values(&[&self.display_url])
-            .set(count as i64);
+        monitor::publish_ref_count(&self.display_url, count);
         if count > 0 {
             if let Some(timer) = self.idle_timer.take() {
                 ctx.cancel_future(timer);
@@ -314,13 +248,7 @@ impl ThothUpstreamActor {
 
     fn set_link(&mut self, link: Link) {
         self.link = link;
-        let state = self.link.state_metric();
-        metrics::THOTH_CONNECTION_STATE
-            .with_label_values(&[&self.display_url])
-            .set(state);
-        metrics::THOTH_SOCKETS_OPEN
-            .with_label_values(&[&self.display_url])
-            .set(i64::from(state == 2));
+        monitor::publish_link_state(&self.display_url, self.link.state());
     }
 
     // ---- connecting -----------------------------------------------------
@@ -399,9 +327,7 @@ impl ThothUpstreamActor {
         if self.lost_unexpectedly {
             self.lost_unexpectedly = false;
             self.reconnects += 1;
-            metrics::THOTH_RECONNECTS
-                .with_label_values(&[&self.display_url])
-                .inc();
+            monitor::count_reconnect(&self.display_url);
         }
         log::info!(
             "thoth {}: upstream socket open ({} session(s) waiting)",
@@ -409,13 +335,12 @@ impl ThothUpstreamActor {
             self.sessions.len()
         );
         let resuming = self.session_ids(|slot| slot.resuming);
-        for &session_id in &resuming {
-            if !self.socket_is(generation) {
-                break; // lost again while resuming: the next socket resumes the rest
-            }
+        // (The socket is open: `open_socket` just ran.)
+        let everyone_back = resume::reopen_all(&resuming, |session_id| {
             self.resume_session(session_id, ctx);
-        }
-        if self.socket_is(generation) {
+            self.socket_is(generation)
+        });
+        if everyone_back {
             // Every session of the socket is back: the status notice pairs
             // with THOTH_RECONNECTING (a session that failed is gone).
             for session_id in resuming {
@@ -434,12 +359,10 @@ impl ThothUpstreamActor {
     fn on_connect_failure(&mut self, failure: ConnectFailure, ctx: &mut Context<Self>) {
         self.last_error = Some(failure.to_string());
         self.set_link(Link::Down);
-        let resuming = self.resume_deadline.is_some_and(|d| Instant::now() < d);
-        // A thoth that is restarting may answer oddly for a while; only a
-        // refusal of our credentials is final.
-        if resuming && !matches!(failure, ConnectFailure::Refused(_)) {
+        let refused = matches!(failure, ConnectFailure::Refused(_));
+        if resume::keep_retrying(self.resume_deadline, Instant::now(), refused) {
             // Sessions wait to resume: keep trying until their deadline.
-            let pause = (self.config.retry_base * 4).min(MAX_RESUME_BACKOFF);
+            let pause = resume::retry_pause(self.config.retry_base);
             log::warn!(
                 "thoth {}: still unreachable, retrying in {pause:?}",
                 self.display_url
@@ -545,7 +468,8 @@ impl ThothUpstreamActor {
         // replay is queued: it follows, in order. Nothing that could take
         // the route's lock again (`link_lost`) runs while it is held.
         let mut state = route.lock();
-        let Some(replay) = state.replay().filter(|r| r.resumable()) else {
+        let Some(frames) = resume::resume_frames(&session_id, format, state.replay(), ending)
+        else {
             drop(state);
             log::warn!(
                 "thoth {}: session {session_id} lost audio beyond its replay buffer",
@@ -554,22 +478,13 @@ impl ThothUpstreamActor {
             let error = GatewayError::new(ErrorCode::ThothUnavailable);
             return self.finish_session(session_id, UpstreamEvent::Failed(error), ctx);
         };
-        let offset_ms = replay.resume_offset_ms();
-        let frames: Vec<Bytes> = replay
-            .chunks()
-            .map(|chunk| mux_frame::audio_frame(&session_id, chunk))
-            .collect();
         let queued = (|| {
-            let start = MuxCommand::start(&session_id, format, offset_ms).to_json();
-            writer.send(WsMessage::Text(start.into()))?;
-            for frame in frames {
+            writer.send(WsMessage::Text(frames.start.into()))?;
+            for frame in frames.audio {
                 writer.send_uncounted(WsMessage::Binary(frame))?;
             }
-            if ending {
-                let end = MuxCommand::End {
-                    session_id: &session_id,
-                };
-                writer.send(WsMessage::Text(end.to_json().into()))?;
+            if let Some(end) = frames.end {
+                writer.send(WsMessage::Text(end.into()))?;
             }
             Ok(())
         })();
@@ -897,9 +812,7 @@ impl Actor for ThothUpstreamActor {
             act.sweep_clients(ctx)
         });
         self.set_link(Link::Down);
-        metrics::THOTH_REF_COUNT
-            .with_label_values(&[&self.display_url])
-            .set(0);
+        monitor::publish_ref_count(&self.display_url, 0);
     }
 }
 
@@ -1050,7 +963,7 @@ impl Handler<GetSnapshot> for ThothUpstreamActor {
         MessageResult(EndpointSnapshot {
             url: self.display_url.clone(),
             protocol: self.config.protocol,
-            state: self.link.state_name(),
+            state: self.link.state().name(),
             ref_count: self.sessions.len(),
             session_ids,
             connected_since: match &self.link {

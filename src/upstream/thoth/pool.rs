@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::mux_actor::{
-    EndpointSnapshot, GetSnapshot, Join, ThothEndpointConfig, ThothUpstreamActor,
-};
+use super::monitor::{EndpointSnapshot, GetSnapshot};
+use super::mux_actor::{Join, ThothEndpointConfig, ThothUpstreamActor};
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::{Subscribe, UpstreamLink};
