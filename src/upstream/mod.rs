@@ -213,13 +213,4 @@ impl UpstreamLink {
             unsubscribe: addr.clone().recipient(),
         }
     }
-
-    /// A thoth session: audio goes down `route`, the rest to the actor.
-    pub fn thoth(addr: &Addr<thoth::ThothUpstreamActor>, route: AudioRoute) -> UpstreamLink {
-        UpstreamLink {
-            audio: AudioSink::Route(route),
-            end: addr.clone().recipient(),
-            unsubscribe: addr.clone().recipient(),
-        }
-    }
 }
