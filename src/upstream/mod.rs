@@ -2,7 +2,7 @@
 //! MistralUpstreamActor, and the messages every upstream actor exchanges with
 //! its ClientActors.
 //!
-//! A transcription travels `thoth.rs` or `mistral.rs` (socket frame →
+//! A transcription travels `thoth/mux_actor.rs` or `mistral.rs` (socket frame →
 //! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
 
 pub mod connect;
@@ -187,7 +187,7 @@ pub struct Unsubscribe {
 pub enum AudioSink {
     /// To the upstream actor's mailbox (Mistral: one actor per session).
     Actor(Recipient<SessionAudio>),
-    /// Straight onto the shared thoth socket's writer (see `audio_route.rs`).
+    /// Straight onto the shared thoth socket's writer (see `thoth/audio_route.rs`).
     Route(AudioRoute),
 }
 

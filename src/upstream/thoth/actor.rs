@@ -1,6 +1,7 @@
 //! ThothUpstreamActor: owns one thoth endpoint's socket and every session on
-//! it — the socket's lifecycle (connect, heartbeat, close), reconnect, the
-//! reference count and idle close, the session table and the stall sweep.
+//! it. This file: the session table, the reference count and idle close,
+//! the stall sweep and the messages; `socket.rs`: the socket's lifecycle
+//! (connect, heartbeat, reconnect, close, what arrives on it).
 //! What differs between thoth's two protocols is an [`EndpointProtocol`]:
 //! [`super::mux_actor::Mux`] (PROTOCOL.md 3.1, every session on one shared
 //! socket) and [`super::legacy_actor::Legacy`] (3.2, one session at a time on
@@ -14,158 +15,25 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use awc::http::header::{HeaderName, HeaderValue};
-use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use futures_util::{stream, StreamExt};
+use awc::ws::CloseCode;
 use uuid::Uuid;
 
 use super::audio_route::AudioRoute;
-use super::monitor::{self, EndpointSnapshot, GetSnapshot, LinkState, Refusal};
+use super::monitor::{self, EndpointSnapshot, GetSnapshot};
 use super::stall::{StallWatch, CLIENT_STALL_TIMEOUT};
 use crate::audio::AudioFormat;
-use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
-use crate::metrics;
-use crate::upstream::connect::{self, ConnectFailure, WsTarget};
-use crate::upstream::writer::{SendFailure, SocketWriter, WriterPolicy};
 use crate::upstream::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
 
-/// What differs between thoth's two protocols. The actor calls these hooks
-/// where the protocol decides; `Self` is the protocol's own state.
-pub trait EndpointProtocol: Sized + Unpin + 'static {
-    /// The subprotocol the handshake asks for.
-    const SUBPROTOCOL: Option<&'static str>;
-
-    fn new(config: &ThothEndpointConfig) -> Self;
-
-    /// How long a socket without sessions stays open.
-    fn idle_close(config: &ThothEndpointConfig) -> Duration;
-
-    /// A session joins; the answer is its audio route.
-    fn join(
-        act: &mut ThothUpstreamActor<Self>,
-        msg: Subscribe,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    ) -> Response<Result<AudioRoute, GatewayError>>;
-
-    /// The handshake of socket `generation` succeeded.
-    fn connected(
-        act: &mut ThothUpstreamActor<Self>,
-        generation: u64,
-        connected: connect::Connected,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    );
-
-    /// A connection attempt failed: true when the protocol tries again.
-    fn retry_connect(
-        act: &mut ThothUpstreamActor<Self>,
-        failure: &ConnectFailure,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    ) -> bool;
-
-    /// What every session hears when the endpoint cannot be reached.
-    fn connect_error(act: &mut ThothUpstreamActor<Self>, failure: &ConnectFailure) -> GatewayError {
-        let _ = act;
-        match failure {
-            ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
-            _ => GatewayError::new(ErrorCode::ThothUnavailable),
-        }
-    }
-
-    /// Tells thoth a session starts (its audio follows).
-    fn start_upstream(
-        act: &mut ThothUpstreamActor<Self>,
-        session_id: Uuid,
-        format: AudioFormat,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    );
-
-    /// Tells thoth to discard a session it was told of.
-    fn cancel_upstream(
-        act: &mut ThothUpstreamActor<Self>,
-        session_id: &Uuid,
-        slot: &SessionSlot,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    );
-
-    /// The browser sent `end` for a streaming session.
-    fn end(
-        act: &mut ThothUpstreamActor<Self>,
-        session_id: Uuid,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    );
-
-    /// The socket was lost and closed; its sessions are still held.
-    fn socket_lost(act: &mut ThothUpstreamActor<Self>, ctx: &mut Context<ThothUpstreamActor<Self>>);
-
-    /// A text frame from thoth.
-    fn on_text(
-        act: &mut ThothUpstreamActor<Self>,
-        text: &str,
-        ctx: &mut Context<ThothUpstreamActor<Self>>,
-    );
-
-    /// Thoth closed the socket with `code`.
-    fn closed_with(act: &mut ThothUpstreamActor<Self>, code: Option<u16>) {
-        let _ = (act, code);
-    }
-
-    /// A session is being forgotten.
-    fn forgetting(&mut self, session_id: &Uuid) {
-        let _ = session_id;
-    }
-
-    /// Every session is about to end with `error`.
-    fn failing_all(act: &mut ThothUpstreamActor<Self>, error: &GatewayError) {
-        let _ = (act, error);
-    }
-
-    /// The last refused handshake, for the pool report.
-    fn last_refusal(&self) -> Option<Refusal> {
-        None
-    }
-}
-
-/// The gateway pings thoth this often; two intervals without a pong mean the
-/// socket is dead.
-pub const PING_INTERVAL: Duration = Duration::from_secs(15);
-const MISSED_PONGS_ALLOWED: u32 = 2;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
+use super::socket::{Link, PING_INTERVAL};
 
 /// How often sessions whose ClientActor died without unsubscribing (e.g. it
 /// stopped while its subscription was in flight) are swept out.
 const DEAD_CLIENT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A closing socket's writer must be done by then, or it is dropped.
-const WRITER_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Everything a ThothUpstreamActor needs to know about its endpoint.
-#[derive(Clone)]
-pub struct ThothEndpointConfig {
-    pub url: String,
-    pub protocol: ThothProtocol,
-    pub stream_token: Option<crate::crypto::SecretString>,
-    pub tls: Arc<rustls::ClientConfig>,
-    pub idle_close: Duration,
-    pub retry_base: Duration,
-    pub legacy_flush_grace: Duration,
-    pub max_frame_bytes: usize,
-    /// Mux resume: audio kept per session, in seconds.
-    pub replay_max_secs: u64,
-    /// Mux resume: how long sessions wait for the socket to come back.
-    pub resume_timeout: Duration,
-}
-
-impl ThothEndpointConfig {
-    /// The URL as shown in logs and monitoring, its secrets masked.
-    pub fn display_url(&self) -> String {
-        crate::redact::redact(&self.url)
-    }
-}
 
 /// Where a session stands with thoth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,56 +74,11 @@ impl SessionSlot {
     }
 }
 
-/// An open socket: a bounded writer task and a reader stream on this actor.
-pub struct OpenSocket {
-    generation: u64,
-    /// Queues frames for the writer task; sessions' routes hold clones.
-    writer: SocketWriter,
-    reader: SpawnHandle,
-    /// Owns the socket's write half; aborted if it cannot finish closing.
-    writer_task: actix_rt::task::JoinHandle<()>,
-    since: DateTime<Utc>,
-    last_pong: Instant,
-}
-
-/// The endpoint's socket.
-pub enum Link {
-    Down,
-    Connecting { generation: u64 },
-    Open(OpenSocket),
-}
-
-impl Link {
-    fn state(&self) -> LinkState {
-        match self {
-            Link::Down => LinkState::Down,
-            Link::Connecting { .. } => LinkState::Connecting,
-            Link::Open(_) => LinkState::Open,
-        }
-    }
-}
-
-/// One item of a socket's reader stream, tagged with the socket's generation
-/// so that frames of a replaced socket are ignored.
-pub enum Inbound {
-    Frame(u64, Result<Frame, actix_http::ws::ProtocolError>),
-    Ended(u64),
-}
-
 /// A session joins this endpoint. The answer is its audio route; the actor
 /// later sends [`UpstreamEvent::Ready`] or [`UpstreamEvent::Failed`].
 #[derive(Message)]
 #[rtype(result = "Result<AudioRoute, GatewayError>")]
 pub struct Join(pub Subscribe);
-
-/// The writer of socket `generation` gave thoth up (a write failed, or a
-/// sender found thoth not reading).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WriterFailed {
-    pub generation: u64,
-    pub reason: String,
-}
 
 /// Owns one thoth endpoint's socket(s) and the sessions subscribed to it.
 pub struct ThothUpstreamActor<P: EndpointProtocol> {
@@ -263,10 +86,10 @@ pub struct ThothUpstreamActor<P: EndpointProtocol> {
     pub(super) display_url: String,
     pub(super) sessions: HashMap<Uuid, SessionSlot>,
     /// Shared with the pool, which reads it to pick an endpoint.
-    ref_count: Arc<AtomicUsize>,
+    pub(super) ref_count: Arc<AtomicUsize>,
     pub(super) link: Link,
-    generation: u64,
-    idle_timer: Option<SpawnHandle>,
+    pub(super) generation: u64,
+    pub(super) idle_timer: Option<SpawnHandle>,
     pub(super) reconnects: u64,
     pub(super) lost_unexpectedly: bool,
     pub(super) last_error: Option<String>,
@@ -290,11 +113,6 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             lost_unexpectedly: false,
             last_error: None,
         }
-    }
-
-    /// Whether the open socket is the one of `generation`.
-    pub(super) fn socket_is(&self, generation: u64) -> bool {
-        matches!(&self.link, Link::Open(socket) if socket.generation == generation)
     }
 
     pub(super) fn session_ids(&self, wanted: impl Fn(&SessionSlot) -> bool) -> Vec<Uuid> {
@@ -333,133 +151,6 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
                 act.close_link(ctx, CloseCode::Normal);
             }
         }));
-    }
-
-    pub(super) fn set_link(&mut self, link: Link) {
-        self.link = link;
-        monitor::publish_link_state(&self.display_url, self.link.state());
-    }
-
-    // ---- connecting -----------------------------------------------------
-
-    fn target(&self) -> WsTarget {
-        let mut headers = Vec::new();
-        if let Some(token) = &self.config.stream_token {
-            match HeaderValue::from_str(token.expose()) {
-                Ok(value) => headers.push((HeaderName::from_static("x-thoth-token"), value)),
-                Err(_) => log::error!("THOTH_STREAM_TOKEN is not a valid header value; not sent"),
-            }
-        }
-        WsTarget {
-            url: self.config.url.clone(),
-            subprotocol: P::SUBPROTOCOL,
-            headers,
-            // Room for the 16-byte session prefix on top of a full browser frame.
-            max_frame_bytes: self.config.max_frame_bytes + 64,
-            tls: self.config.tls.clone(),
-        }
-    }
-
-    pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.set_link(Link::Connecting { generation });
-        let target = self.target();
-        let url = self.display_url.clone();
-        let backoff = self.config.retry_base;
-        log::info!("thoth {url}: opening upstream socket");
-        let attempt = async move {
-            connect::open_with_retries(&target, backoff, |attempt, failure| {
-                log::warn!(
-                    "thoth {url}: connection attempt {} failed: {failure}",
-                    attempt + 1
-                );
-            })
-            .await
-        };
-        ctx.spawn(
-            attempt
-                .into_actor(self)
-                .map(move |result, act, ctx| act.on_connect_result(generation, result, ctx)),
-        );
-    }
-
-    fn on_connect_result(
-        &mut self,
-        generation: u64,
-        result: Result<connect::Connected, ConnectFailure>,
-        ctx: &mut Context<Self>,
-    ) {
-        if !matches!(self.link, Link::Connecting { generation: g } if g == generation) {
-            return; // superseded (e.g. every session left and the link was reset)
-        }
-        match result {
-            Ok(connected) => P::connected(self, generation, connected, ctx),
-            Err(failure) => self.on_connect_failure(failure, ctx),
-        }
-    }
-
-    fn on_connect_failure(&mut self, failure: ConnectFailure, ctx: &mut Context<Self>) {
-        self.last_error = Some(failure.to_string());
-        self.set_link(Link::Down);
-        if P::retry_connect(self, &failure, ctx) {
-            return;
-        }
-        let error = P::connect_error(self, &failure);
-        log::error!("thoth {}: giving up: {failure}", self.display_url);
-        self.fail_all(error, ctx);
-    }
-
-    /// Splits the socket: a writer task drains a queue into it (batching
-    /// frames per flush), the reader stream is attached to this actor.
-    pub(super) fn open_socket(
-        &mut self,
-        generation: u64,
-        framed: connect::WsFramed,
-        ctx: &mut Context<Self>,
-    ) {
-        let (sink, source) = framed.split();
-        let actor = ctx.address();
-        let (writer, writer_task) =
-            SocketWriter::spawn_joinable(sink, WriterPolicy::THOTH, move |reason| {
-                actor.do_send(WriterFailed { generation, reason })
-            });
-        let frames = source
-            .map(move |frame| Inbound::Frame(generation, frame))
-            .chain(stream::once(async move { Inbound::Ended(generation) }));
-        let reader = ctx.add_stream(frames);
-        self.set_link(Link::Open(OpenSocket {
-            generation,
-            writer,
-            reader,
-            writer_task,
-            since: Utc::now(),
-            last_pong: Instant::now(),
-        }));
-    }
-
-    // ---- sending ----------------------------------------------------
-
-    /// The open socket's writer.
-    pub(super) fn writer(&self) -> Option<&SocketWriter> {
-        match &self.link {
-            Link::Open(socket) => Some(&socket.writer),
-            _ => None,
-        }
-    }
-
-    /// Queues a frame toward thoth. A queue over its bound means thoth stopped
-    /// reading: the socket is given up rather than grown without limit.
-    pub(super) fn send(&mut self, message: WsMessage, ctx: &mut Context<Self>) {
-        let Some(writer) = self.writer() else {
-            return;
-        };
-        match writer.send(message) {
-            Ok(()) => {}
-            // The writer told this actor already; the report arrives next.
-            Err(SendFailure::Stalled) => {}
-            Err(SendFailure::Closed) => self.link_lost("writer stopped", ctx),
-        }
     }
 
     pub(super) fn start_session(&mut self, session_id: Uuid, ctx: &mut Context<Self>) {
@@ -554,72 +245,10 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
         self.close_link(ctx, CloseCode::Away);
     }
 
-    pub(super) fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
-        if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
-            ctx.cancel_future(socket.reader);
-            // The writer flushes what is queued, sends the close frame and
-            // ends. A peer that stopped reading would keep it (and its queue)
-            // forever, so it gets a deadline.
-            socket.writer.close(CloseReason::from(code));
-            let writer_task = socket.writer_task;
-            actix_rt::spawn(async move {
-                actix_rt::time::sleep(WRITER_CLOSE_DEADLINE).await;
-                writer_task.abort();
-            });
-        }
-        self.generation += 1;
-        self.set_link(Link::Down);
-    }
-
-    /// The socket died under us (closed, errored, stalled, no pongs): the
-    /// protocol decides what becomes of its sessions.
-    pub(super) fn link_lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        if matches!(self.link, Link::Down) {
-            return;
-        }
-        log::warn!(
-            "thoth {}: upstream socket lost: {reason} ({} session(s) affected)",
-            self.display_url,
-            self.sessions.len()
-        );
-        self.last_error = Some(reason.to_string());
-        self.lost_unexpectedly = true;
-        self.close_link(ctx, CloseCode::Away);
-        P::socket_lost(self, ctx);
-    }
-
-    // ---- receiving ------------------------------------------------------
-
-    fn on_close(&mut self, reason: Option<CloseReason>, ctx: &mut Context<Self>) {
-        let code = reason.as_ref().map(|r| u16::from(r.code));
-        let error = match code {
-            Some(1013) => Some(ErrorCode::ThothBusy),
-            Some(4401) | Some(4403) => Some(ErrorCode::AuthFailed),
-            _ => None,
-        };
-        P::closed_with(self, code);
-        match error {
-            Some(code_for_sessions) => {
-                let why = format!("thoth closed the socket with {}", code.unwrap_or_default());
-                log::warn!("thoth {}: {why}", self.display_url);
-                self.last_error = Some(why);
-                self.close_link(ctx, CloseCode::Normal);
-                self.fail_all(GatewayError::new(code_for_sessions), ctx);
-            }
-            None => self.link_lost(
-                &format!(
-                    "thoth closed the socket ({})",
-                    code.map_or("no code".into(), |c| c.to_string())
-                ),
-                ctx,
-            ),
-        }
-    }
-
     /// Forgets sessions whose ClientActor is gone, so the reference count
     /// cannot leak whatever path a client took out, and cuts off sessions
     /// whose browser stopped reading its results.
-    fn sweep_clients(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn sweep_clients(&mut self, ctx: &mut Context<Self>) {
         let stalled: Vec<Uuid> = self
             .sessions
             .iter_mut()
@@ -658,17 +287,6 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             self.sessions.len()
         );
         self.sessions_changed(ctx);
-    }
-
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let Link::Open(socket) = &self.link else {
-            return;
-        };
-        if socket.last_pong.elapsed() > PING_INTERVAL * MISSED_PONGS_ALLOWED + PING_INTERVAL / 2 {
-            self.link_lost("two pings went unanswered", ctx);
-            return;
-        }
-        self.send(WsMessage::Ping(Bytes::new()), ctx);
     }
 }
 
@@ -736,58 +354,6 @@ impl<P: EndpointProtocol> Handler<Unsubscribe> for ThothUpstreamActor<P> {
             self.sessions.len()
         );
         self.sessions_changed(ctx);
-    }
-}
-
-impl<P: EndpointProtocol> StreamHandler<Inbound> for ThothUpstreamActor<P> {
-    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
-        let current = match &self.link {
-            Link::Open(socket) => socket.generation,
-            _ => return,
-        };
-        match item {
-            Inbound::Frame(generation, _) | Inbound::Ended(generation) if generation != current => {
-            }
-            Inbound::Frame(_, Ok(frame)) => match frame {
-                Frame::Text(text) => {
-                    metrics::UPSTREAM_TO_GATEWAY.record(text.len());
-                    match std::str::from_utf8(&text) {
-                        Ok(text) => P::on_text(self, text, ctx),
-                        Err(_) => log::warn!(
-                            "thoth {}: skipping a non-UTF-8 text frame",
-                            self.display_url
-                        ),
-                    }
-                }
-                Frame::Ping(payload) => self.send(WsMessage::Pong(payload), ctx),
-                Frame::Pong(_) => {
-                    if let Link::Open(socket) = &mut self.link {
-                        socket.last_pong = Instant::now();
-                    }
-                }
-                Frame::Close(reason) => self.on_close(reason, ctx),
-                Frame::Binary(_) | Frame::Continuation(_) => {
-                    log::debug!("thoth {}: skipping a binary frame", self.display_url)
-                }
-            },
-            Inbound::Frame(_, Err(e)) => self.link_lost(&format!("protocol error: {e}"), ctx),
-            Inbound::Ended(_) => self.link_lost("socket closed without a close frame", ctx),
-        }
-    }
-
-    fn finished(&mut self, _ctx: &mut Context<Self>) {
-        // A socket's stream ending is handled through `Inbound::Ended`; the
-        // actor outlives its sockets.
-    }
-}
-
-impl<P: EndpointProtocol> Handler<WriterFailed> for ThothUpstreamActor<P> {
-    type Result = ();
-
-    fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
-        if matches!(&self.link, Link::Open(socket) if socket.generation == msg.generation) {
-            self.link_lost(&msg.reason, ctx);
-        }
     }
 }
 

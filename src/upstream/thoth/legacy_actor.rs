@@ -21,9 +21,11 @@ use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::actor::{EndpointProtocol, Link, SessionSlot, ThothEndpointConfig, ThothUpstreamActor};
+use super::actor::{SessionSlot, ThothUpstreamActor};
 use super::audio_route::AudioRoute;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
 use super::monitor::Refusal;
+use super::socket::Link;
 use crate::audio::AudioFormat;
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::connect::{ConnectFailure, Connected};

@@ -6,8 +6,8 @@
 //! writer through the session's [`AudioRoute`]; thoth's results come back on
 //! the socket, [`MuxEvent`] (`wire/thoth_mux.rs`) parses them here, and each
 //! goes to its session's ClientActor as an [`UpstreamEvent`], which turns it
-//! into a browser frame (`protocol.rs`). The socket's lifecycle, reference
-//! count and idle close live in `actor.rs`.
+//! into a browser frame (`protocol.rs`). The socket's lifecycle is in
+//! `socket.rs`; the session table, reference count and idle close in `actor.rs`.
 //!
 //! The socket opens with the first subscriber and closes
 //! `THOTH_IDLE_CLOSE_SECS` after the last one leaves. When it drops, its
@@ -21,12 +21,12 @@ use actix::prelude::*;
 use awc::ws::Message as WsMessage;
 use uuid::Uuid;
 
-use super::actor::{
-    EndpointProtocol, Link, Phase, SessionSlot, ThothEndpointConfig, ThothUpstreamActor,
-};
+use super::actor::{Phase, SessionSlot, ThothUpstreamActor};
 use super::audio_route::AudioRoute;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
 use super::monitor;
 use super::resume::{self, ReplayBuffer};
+use super::socket::Link;
 use crate::audio::AudioFormat;
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::connect::{ConnectFailure, Connected};

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::actor::{EndpointProtocol, Join, ThothEndpointConfig, ThothUpstreamActor};
+use super::actor::{Join, ThothUpstreamActor};
 use super::audio_route::AudioRoute;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
 use super::legacy_actor::Legacy;
 use super::monitor::{EndpointSnapshot, GetSnapshot};
 use super::mux_actor::Mux;
