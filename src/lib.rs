@@ -36,7 +36,7 @@ use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::gateway::limits::SessionLimiter;
 use crate::state::AppState;
-use crate::upstream::pool::ThothPool;
+use crate::upstream::thoth::ThothPool;
 
 /// A browser connection whose sent data stays unacknowledged this long (it
 /// stopped reading, or vanished) is aborted by the kernel: without it a

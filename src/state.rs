@@ -8,7 +8,7 @@ use crate::gateway::limits::SessionLimiter;
 use crate::store::keys::ApiKeyStore;
 use crate::upstream::mistral::sessions::MistralSessions;
 use crate::upstream::mistral::MistralEndpoint;
-use crate::upstream::pool::ThothPool;
+use crate::upstream::thoth::ThothPool;
 
 /// The gateway's shared state, one per process.
 pub struct AppState {

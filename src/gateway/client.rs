@@ -27,7 +27,7 @@ use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
 use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 use crate::state::AppState;
-use crate::upstream::audio_route::Routed;
+use crate::upstream::thoth::audio_route::Routed;
 use crate::upstream::{
     AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, ToClient,
     Unsubscribe, UpstreamEvent, UpstreamLink,

@@ -2,17 +2,18 @@
 //! MistralUpstreamActor, and the messages every upstream actor exchanges with
 //! its ClientActors.
 //!
-//! A transcription travels `thoth.rs` or `mistral.rs` (socket frame →
+//! A transcription travels `thoth/mux_actor.rs` or `mistral.rs` (socket frame →
 //! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
 
-pub mod audio_route;
 pub mod connect;
 pub mod mistral;
-pub mod mux_frame;
-pub mod pool;
-pub mod replay;
 pub mod thoth;
 pub mod writer;
+
+// Old paths, kept so tests/ and examples/ compile until they import from
+// `crate::wire::thoth_mux` and `crate::upstream::thoth::resume` directly.
+pub use crate::wire::thoth_mux as mux_frame;
+pub use thoth::resume as replay;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use crate::audio::AudioFormat;
 use crate::error::GatewayError;
-use audio_route::AudioRoute;
+use thoth::audio_route::AudioRoute;
 
 /// What an upstream tells one session's ClientActor.
 #[derive(Debug, Clone, PartialEq, Message)]
@@ -183,7 +184,7 @@ pub struct Unsubscribe {
 pub enum AudioSink {
     /// To the upstream actor's mailbox (Mistral: one actor per session).
     Actor(Recipient<SessionAudio>),
-    /// Straight onto the shared thoth socket's writer (see `audio_route.rs`).
+    /// Straight onto the shared thoth socket's writer (see `thoth/audio_route.rs`).
     Route(AudioRoute),
 }
 
@@ -205,15 +206,6 @@ impl UpstreamLink {
     {
         UpstreamLink {
             audio: AudioSink::Actor(addr.clone().recipient()),
-            end: addr.clone().recipient(),
-            unsubscribe: addr.clone().recipient(),
-        }
-    }
-
-    /// A thoth session: audio goes down `route`, the rest to the actor.
-    pub fn thoth(addr: &Addr<thoth::ThothUpstreamActor>, route: AudioRoute) -> UpstreamLink {
-        UpstreamLink {
-            audio: AudioSink::Route(route),
             end: addr.clone().recipient(),
             unsubscribe: addr.clone().recipient(),
         }

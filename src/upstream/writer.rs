@@ -4,7 +4,7 @@
 //! flush; senders queue through cheap [`SocketWriter`] handles. On the thoth
 //! socket those are the ThothUpstreamActor (control frames, replayed audio)
 //! and every session's ClientActor (live audio from its own thread, see
-//! `audio_route.rs`), so audio never waits in the shared actor's mailbox.
+//! `thoth/audio_route.rs`), so audio never waits in the shared actor's mailbox.
 //!
 //! The queue is bounded in bytes, so a peer that stops reading cannot make
 //! the gateway hold unbounded memory. What differs between the two upstreams

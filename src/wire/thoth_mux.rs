@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::audio::AudioFormat;
+use crate::error::ErrorCode;
 
 /// The subprotocol a mux-speaking thoth selects.
 pub const MUX_SUBPROTOCOL: &str = "thoth.mux.v1";
@@ -85,6 +86,15 @@ impl MuxEvent {
     /// skipped by the caller, never fatal.
     pub fn parse(text: &str) -> Option<MuxEvent> {
         serde_json::from_str(text).ok()
+    }
+}
+
+/// Thoth's per-session error codes, as the browser sees them (PROTOCOL.md 3.1).
+pub fn map_thoth_error(code: &str) -> ErrorCode {
+    match code {
+        "UNSUPPORTED_AUDIO" => ErrorCode::InvalidAudioFormat,
+        "OVERLOADED" => ErrorCode::ThothBusy,
+        _ => ErrorCode::ThothError,
     }
 }
 

@@ -1,22 +1,60 @@
-//! The registry of thoth endpoints: one [`ThothUpstreamActor`] per configured
-//! URL, all living on one dedicated arbiter, and the choice of which endpoint
-//! takes a new session.
+//! The registry of thoth endpoints: one actor per configured URL — a
+//! [`super::MuxThothActor`] or a [`super::LegacyThothActor`], as
+//! `THOTH_PROTOCOL` says — all living on one dedicated arbiter, and the
+//! choice of which endpoint takes a new session.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::thoth::{EndpointSnapshot, GetSnapshot, Join, ThothEndpointConfig, ThothUpstreamActor};
-use super::{Subscribe, UpstreamLink};
+use super::actor::{Join, ThothUpstreamActor};
+use super::audio_route::AudioRoute;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
+use super::legacy_actor::Legacy;
+use super::monitor::{EndpointSnapshot, GetSnapshot};
+use super::mux_actor::Mux;
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
+use crate::upstream::{AudioSink, EndSession, Subscribe, Unsubscribe, UpstreamLink};
 
-/// One thoth endpoint as the pool sees it.
+/// One thoth endpoint as the pool sees it, whichever protocol its actor speaks.
 struct Endpoint {
-    addr: Addr<ThothUpstreamActor>,
+    join: Recipient<Join>,
+    snapshot: Recipient<GetSnapshot>,
+    end: Recipient<EndSession>,
+    unsubscribe: Recipient<Unsubscribe>,
     /// Written by the actor, read here to choose the least loaded endpoint.
     ref_count: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    fn start<P: EndpointProtocol>(
+        config: ThothEndpointConfig,
+        arbiter: &ArbiterHandle,
+    ) -> Endpoint {
+        let ref_count = Arc::new(AtomicUsize::new(0));
+        let actor_ref_count = ref_count.clone();
+        let addr = ThothUpstreamActor::<P>::start_in_arbiter(arbiter, move |_| {
+            ThothUpstreamActor::new(config, actor_ref_count)
+        });
+        Endpoint {
+            join: addr.clone().recipient(),
+            snapshot: addr.clone().recipient(),
+            end: addr.clone().recipient(),
+            unsubscribe: addr.recipient(),
+            ref_count,
+        }
+    }
+
+    /// How a session's ClientActor reaches this endpoint.
+    fn link(&self, route: AudioRoute) -> UpstreamLink {
+        UpstreamLink {
+            audio: AudioSink::Route(route),
+            end: self.end.clone(),
+            unsubscribe: self.unsubscribe.clone(),
+        }
+    }
 }
 
 /// Hands sessions to thoth endpoints. Cheap to clone; shared by all workers.
@@ -28,7 +66,7 @@ pub struct ThothPool {
 
 impl ThothPool {
     /// Starts one upstream actor per endpoint on `arbiter`.
-    /// `tls` verifies `wss://` endpoints (see [`super::connect::tls_config`]).
+    /// `tls` verifies `wss://` endpoints (see [`crate::upstream::connect::tls_config`]).
     pub fn start(
         config: &Config,
         tls: Arc<rustls::ClientConfig>,
@@ -50,12 +88,10 @@ impl ThothPool {
                     replay_max_secs: config.thoth_replay_max.as_secs(),
                     resume_timeout: config.thoth_resume_timeout,
                 };
-                let ref_count = Arc::new(AtomicUsize::new(0));
-                let actor_ref_count = ref_count.clone();
-                let addr = ThothUpstreamActor::start_in_arbiter(arbiter, move |_| {
-                    ThothUpstreamActor::new(endpoint_config, actor_ref_count)
-                });
-                Endpoint { addr, ref_count }
+                match config.thoth_protocol {
+                    ThothProtocol::Mux => Endpoint::start::<Mux>(endpoint_config, arbiter),
+                    ThothProtocol::Legacy => Endpoint::start::<Legacy>(endpoint_config, arbiter),
+                }
             })
             .collect();
         ThothPool {
@@ -75,11 +111,11 @@ impl ThothPool {
         if self.protocol == ThothProtocol::Mux {
             let endpoint = order[0];
             let route = endpoint
-                .addr
+                .join
                 .send(Join(request))
                 .await
                 .map_err(mailbox_error)??;
-            return Ok(UpstreamLink::thoth(&endpoint.addr, route));
+            return Ok(endpoint.link(route));
         }
         // Legacy: the actor itself refuses a second session, so two sessions
         // racing for one free endpoint cannot both get it. Its answer waits
@@ -100,12 +136,12 @@ impl ThothPool {
                 client: client.clone(),
             };
             match endpoint
-                .addr
+                .join
                 .send(Join(attempt))
                 .await
                 .map_err(mailbox_error)?
             {
-                Ok(route) => return Ok(UpstreamLink::thoth(&endpoint.addr, route)),
+                Ok(route) => return Ok(endpoint.link(route)),
                 Err(e) if e.code == ErrorCode::ThothBusy => busy = true,
                 Err(e) if e.code == ErrorCode::ThothUnavailable => unreachable = true,
                 // e.g. AUTH_FAILED (a close 4401/4403 after the upgrade):
@@ -125,7 +161,7 @@ impl ThothPool {
     pub async fn snapshot(&self) -> Vec<EndpointSnapshot> {
         let mut out = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints.iter() {
-            if let Ok(snapshot) = endpoint.addr.send(GetSnapshot).await {
+            if let Ok(snapshot) = endpoint.snapshot.send(GetSnapshot).await {
                 out.push(snapshot);
             }
         }

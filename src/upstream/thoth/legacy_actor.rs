@@ -1,5 +1,7 @@
-//! What a ThothUpstreamActor does only in `THOTH_PROTOCOL=legacy`
-//! (PROTOCOL.md 3.2): today's thoth `/stream-audio`, one stream per process.
+//! Today's thoth (PROTOCOL.md 3.2, `THOTH_PROTOCOL=legacy`) as a
+//! [`ThothUpstreamActor<Legacy>`]: `/stream-audio`, one stream per process,
+//! so an endpoint serves one session at a time on a socket of its own, which
+//! closes as soon as the session ends. Frames: `wire/thoth_legacy.rs`.
 //!
 //! Today's thoth refuses every handshake it does not want (busy, `Origin`,
 //! `x-thoth-token`) with an HTTP 403 before the upgrade (`REAL-PEERS.md` 3),
@@ -14,16 +16,21 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use awc::ws::CloseCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
-use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Link, Phase, SessionSlot, StallWatch, ThothUpstreamActor};
+use super::actor::{SessionSlot, ThothUpstreamActor};
+use super::audio_route::AudioRoute;
+use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
+use super::monitor::Refusal;
+use super::socket::Link;
+use crate::audio::AudioFormat;
 use crate::error::{ErrorCode, GatewayError};
-use crate::upstream::audio_route::AudioRoute;
+use crate::upstream::connect::{ConnectFailure, Connected};
 use crate::upstream::{Subscribe, UpstreamEvent};
+use crate::wire::thoth_legacy;
 
 /// After a legacy socket opens, a close 1013 within this long still counts as
 /// a refused handshake (the session moves on); later it is `THOTH_BUSY` for
@@ -38,42 +45,138 @@ this gateway's Origin header or THOTH_STREAM_TOKEN";
 /// What a close 1013 right after the handshake means.
 const CLOSE_1013_MEANS: &str = "thoth is serving another stream (busy)";
 
-/// An endpoint's last refused handshake, for the pool report.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Refusal {
-    /// What thoth answered, e.g. `HTTP 403 on the handshake`.
-    pub what: String,
-    pub at: DateTime<Utc>,
-    /// What that answer may mean (an HTTP 403 is ambiguous).
-    pub may_mean: &'static str,
-}
-
 /// The answer to a legacy session's `Join`.
-pub(super) type JoinReply = Result<AudioRoute, GatewayError>;
+type JoinReply = Result<AudioRoute, GatewayError>;
 
 /// A legacy `Join` waiting for its handshake to settle.
-pub(super) struct PendingJoin {
+struct PendingJoin {
     session_id: Uuid,
     route: AudioRoute,
     reply: oneshot::Sender<JoinReply>,
 }
 
-/// The text of a legacy result, `{"transcription":"…"}`; `None` otherwise.
-pub(super) fn parse_transcription(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct LegacyResult {
-        transcription: String,
-    }
-    serde_json::from_str::<LegacyResult>(text)
-        .ok()
-        .map(|r| r.transcription)
+/// The one-stream-per-socket protocol's own state.
+#[derive(Default)]
+pub struct Legacy {
+    /// The session whose handshake is not settled yet.
+    pending_join: Option<PendingJoin>,
+    last_refusal: Option<Refusal>,
 }
 
-impl ThothUpstreamActor {
+/// The actor that owns one legacy endpoint and its one session.
+pub type LegacyThothActor = ThothUpstreamActor<Legacy>;
+
+impl EndpointProtocol for Legacy {
+    const SUBPROTOCOL: Option<&'static str> = None;
+
+    fn new(_: &ThothEndpointConfig) -> Self {
+        Legacy::default()
+    }
+
+    /// A legacy socket belongs to its one session: close it at once.
+    fn idle_close(_: &ThothEndpointConfig) -> Duration {
+        Duration::ZERO
+    }
+
+    fn join(
+        act: &mut LegacyThothActor,
+        msg: Subscribe,
+        ctx: &mut Context<LegacyThothActor>,
+    ) -> Response<JoinReply> {
+        Response::fut(act.join_legacy(msg, ctx))
+    }
+
+    fn connected(
+        act: &mut LegacyThothActor,
+        generation: u64,
+        connected: Connected,
+        ctx: &mut Context<LegacyThothActor>,
+    ) {
+        act.open_socket(generation, connected.framed, ctx);
+        // The session starts once thoth has kept the socket.
+        act.legacy_socket_opened(generation, ctx);
+    }
+
+    fn retry_connect(
+        _: &mut LegacyThothActor,
+        _: &ConnectFailure,
+        _: &mut Context<LegacyThothActor>,
+    ) -> bool {
+        false
+    }
+
+    fn connect_error(act: &mut LegacyThothActor, failure: &ConnectFailure) -> GatewayError {
+        match failure {
+            ConnectFailure::Refused(403) => act.legacy_refused_with_403(),
+            ConnectFailure::Refused(_) => GatewayError::new(ErrorCode::AuthFailed),
+            _ => GatewayError::new(ErrorCode::ThothUnavailable),
+        }
+    }
+
+    /// Legacy thoth has no start message: the socket is the session.
+    fn start_upstream(
+        _: &mut LegacyThothActor,
+        _: Uuid,
+        _: AudioFormat,
+        _: &mut Context<LegacyThothActor>,
+    ) {
+    }
+
+    /// Closing the socket is the cancel (it closes with its last session).
+    fn cancel_upstream(
+        _: &mut LegacyThothActor,
+        _: &Uuid,
+        _: &SessionSlot,
+        _: &mut Context<LegacyThothActor>,
+    ) {
+    }
+
+    /// Legacy thoth has no end-of-audio message: wait for a last window.
+    fn end(act: &mut LegacyThothActor, session_id: Uuid, ctx: &mut Context<LegacyThothActor>) {
+        ctx.run_later(act.config.legacy_flush_grace, move |act, ctx| {
+            act.finish_session(session_id, UpstreamEvent::Done, ctx);
+        });
+    }
+
+    /// A legacy session cannot resume: it ends.
+    fn socket_lost(act: &mut LegacyThothActor, ctx: &mut Context<LegacyThothActor>) {
+        act.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
+    }
+
+    fn on_text(act: &mut LegacyThothActor, text: &str, ctx: &mut Context<LegacyThothActor>) {
+        act.on_legacy_text(text, ctx);
+    }
+
+    fn closed_with(act: &mut LegacyThothActor, code: Option<u16>) {
+        if code == Some(1013) {
+            act.legacy_closed_with_1013();
+        }
+    }
+
+    fn forgetting(&mut self, session_id: &Uuid) {
+        if self
+            .pending_join
+            .as_ref()
+            .is_some_and(|pending| pending.session_id == *session_id)
+        {
+            self.pending_join = None;
+        }
+    }
+
+    /// A session whose handshake is not settled hears it from the pool.
+    fn failing_all(act: &mut LegacyThothActor, error: &GatewayError) {
+        act.refuse_pending_join(error);
+    }
+
+    fn last_refusal(&self) -> Option<Refusal> {
+        self.last_refusal.clone()
+    }
+}
+
+impl LegacyThothActor {
     /// A session joins a legacy endpoint: its socket is opened, and the
     /// answer waits until thoth has accepted it (or refused).
-    pub(super) fn join_legacy(
+    fn join_legacy(
         &mut self,
         msg: Subscribe,
         ctx: &mut Context<Self>,
@@ -84,32 +187,24 @@ impl ThothUpstreamActor {
             return Box::pin(std::future::ready(busy));
         }
         let route = AudioRoute::new(msg.session_id, None);
-        self.sessions.insert(
-            msg.session_id,
-            SessionSlot {
-                client: msg.client,
-                format: msg.format,
-                phase: Phase::Waiting,
-                route: route.clone(),
-                resuming: false,
-                stall: StallWatch::new(),
-            },
-        );
+        let session_id = msg.session_id;
+        self.sessions
+            .insert(session_id, SessionSlot::waiting(msg, route.clone()));
         if matches!(self.link, Link::Open(_)) {
             // The last session's socket, not closed yet: thoth's buffer
             // resets only when it closes, so a new session gets a new one.
             self.close_link(ctx, CloseCode::Normal);
         }
         let (reply, answer) = oneshot::channel();
-        self.pending_join = Some(PendingJoin {
-            session_id: msg.session_id,
+        self.protocol.pending_join = Some(PendingJoin {
+            session_id,
             route,
             reply,
         });
         log::info!(
             "thoth {}: session {} opening a legacy stream",
             self.display_url,
-            msg.session_id
+            session_id
         );
         self.sessions_changed(ctx);
         self.connect(ctx);
@@ -122,7 +217,7 @@ impl ThothUpstreamActor {
     }
 
     /// The socket is open; a close 1013 may still follow at once.
-    pub(super) fn legacy_socket_opened(&mut self, generation: u64, ctx: &mut Context<Self>) {
+    fn legacy_socket_opened(&mut self, generation: u64, ctx: &mut Context<Self>) {
         log::info!(
             "thoth {}: legacy stream open; starting it unless refused within {LEGACY_REFUSAL_WINDOW:?}",
             self.display_url
@@ -136,7 +231,7 @@ impl ThothUpstreamActor {
 
     /// Thoth kept the socket: the session streams and its `Join` is answered.
     fn legacy_accepted(&mut self, ctx: &mut Context<Self>) {
-        let Some(pending) = self.pending_join.take() else {
+        let Some(pending) = self.protocol.pending_join.take() else {
             return;
         };
         if !self.sessions.contains_key(&pending.session_id) {
@@ -153,8 +248,8 @@ impl ThothUpstreamActor {
     /// Ends a `Join` still waiting for its handshake with `error`, without
     /// telling the session's client: the pool decides what it hears (the
     /// next endpoint, or this error). Returns whether there was one.
-    pub(super) fn refuse_pending_join(&mut self, error: &GatewayError) -> bool {
-        let Some(pending) = self.pending_join.take() else {
+    fn refuse_pending_join(&mut self, error: &GatewayError) -> bool {
+        let Some(pending) = self.protocol.pending_join.take() else {
             return false;
         };
         if let Some(slot) = self.sessions.remove(&pending.session_id) {
@@ -164,27 +259,16 @@ impl ThothUpstreamActor {
         true
     }
 
-    /// Forgets the pending `Join` of a session that left.
-    pub(super) fn drop_pending_join(&mut self, session_id: &Uuid) {
-        if self
-            .pending_join
-            .as_ref()
-            .is_some_and(|pending| pending.session_id == *session_id)
-        {
-            self.pending_join = None;
-        }
-    }
-
     /// Thoth answered the handshake with HTTP 403: a refusal (`THOTH_BUSY`,
     /// the pool tries the next endpoint), never `AUTH_FAILED`.
-    pub(super) fn legacy_refused_with_403(&mut self) -> GatewayError {
+    fn legacy_refused_with_403(&mut self) -> GatewayError {
         self.note_refusal("HTTP 403 on the handshake", HTTP_403_MAY_MEAN);
         GatewayError::new(ErrorCode::ThothBusy)
     }
 
     /// Thoth closed with 1013 (busy).
-    pub(super) fn legacy_closed_with_1013(&mut self) {
-        let what = if self.pending_join.is_some() {
+    fn legacy_closed_with_1013(&mut self) {
+        let what = if self.protocol.pending_join.is_some() {
             "close 1013 right after the handshake"
         } else {
             "close 1013 while streaming"
@@ -197,7 +281,7 @@ impl ThothUpstreamActor {
             "thoth {}: refused: {what}; this may mean {may_mean}",
             self.display_url
         );
-        self.last_refusal = Some(Refusal {
+        self.protocol.last_refusal = Some(Refusal {
             what: what.to_owned(),
             at: Utc::now(),
             may_mean,
@@ -205,8 +289,8 @@ impl ThothUpstreamActor {
     }
 
     /// `{"transcription":"…"}` → a final result for the endpoint's session.
-    pub(super) fn on_legacy_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let Some(transcription) = parse_transcription(text) else {
+    fn on_legacy_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let Some(transcription) = thoth_legacy::parse_transcription(text) else {
             log::warn!(
                 "thoth {}: skipping a frame that is not a transcription",
                 self.display_url
@@ -223,38 +307,5 @@ impl ThothUpstreamActor {
             };
             self.notify(session_id, event, ctx);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_transcription_objects_are_results() {
-        assert_eq!(
-            parse_transcription(r#"{"transcription":"hello there"}"#).as_deref(),
-            Some("hello there")
-        );
-        assert_eq!(parse_transcription(r#"{"error":"nope"}"#), None);
-        assert_eq!(parse_transcription("not json"), None);
-    }
-
-    #[test]
-    fn a_refusal_serializes_for_the_pool_report() {
-        let refusal = Refusal {
-            what: "HTTP 403 on the handshake".into(),
-            at: DateTime::parse_from_rfc3339("2026-12-06T05:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
-            may_mean: HTTP_403_MAY_MEAN,
-        };
-        let json = serde_json::to_value(&refusal).unwrap();
-        assert_eq!(json["what"], "HTTP 403 on the handshake");
-        assert_eq!(json["at"], "2026-12-06T05:00:00Z");
-        assert!(json["mayMean"]
-            .as_str()
-            .unwrap()
-            .contains("THOTH_STREAM_TOKEN"));
     }
 }

@@ -15,10 +15,10 @@ use awc::ws::Message as WsMessage;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::mux_frame;
-use super::replay::ReplayBuffer;
-use super::writer::SocketWriter;
+use super::resume::ReplayBuffer;
 use crate::metrics;
+use crate::upstream::writer::SocketWriter;
+use crate::wire::thoth_mux as mux_frame;
 
 /// What became of a chunk of audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
