@@ -290,7 +290,7 @@ impl GatewayError {
             retryable: self.code.retryable(),
             session_id,
             upstream_code: self.upstream_code.as_ref(),
-            timestamp: crate::protocol::now_rfc3339(),
+            timestamp: crate::wire::browser::now_rfc3339(),
         };
         // Serializing a struct of strings and bools cannot fail.
         serde_json::to_string(&envelope).expect("envelope serializes")

@@ -12,15 +12,15 @@ pub mod db;
 pub mod demo;
 pub mod devthoth;
 pub mod error;
-pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod protocol;
 pub mod redact;
+pub mod session;
 pub mod state;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::auth::JwtValidator;
 use crate::config::Config;
-use crate::gateway::limits::SessionLimiter;
+use crate::session::limits::SessionLimiter;
 use crate::state::AppState;
 use crate::upstream::pool::ThothPool;
 
@@ -166,11 +166,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
             .wrap(access_log())
             .route(
                 "/api/audio/transcribe",
-                web::get().to(gateway::routes::transcribe),
+                web::get().to(session::routes::transcribe),
             )
             .route(
                 "/api/notes/transcribe-audio",
-                web::get().to(gateway::routes::transcribe_note),
+                web::get().to(session::routes::transcribe_note),
             )
             .configure(http::web::routes)
             .configure(http::settings::routes)

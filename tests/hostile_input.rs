@@ -25,11 +25,11 @@ use chronus_gateway::auth::{
 };
 use chronus_gateway::config::{JwtConfig, JwtKey};
 use chronus_gateway::error::ErrorCode;
-use chronus_gateway::gateway::admission::SELECTABLE_SUBPROTOCOLS;
-use chronus_gateway::gateway::routes::parse_session_query;
-use chronus_gateway::protocol::{ClientMessage, Provider};
+use chronus_gateway::session::admission::SELECTABLE_SUBPROTOCOLS;
+use chronus_gateway::session::routes::parse_session_query;
 use chronus_gateway::upstream::mux_frame::{audio_frame, MuxEvent};
 use chronus_gateway::upstream::replay::ReplayBuffer;
+use chronus_gateway::wire::browser::{ClientMessage, Provider};
 
 const CASES: u32 = 256;
 const SECRET: &[u8] = b"hostile-input-secret-hostile-input-secret";

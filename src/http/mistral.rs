@@ -7,10 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::gateway::admission::authenticate_http;
-use crate::gateway::mistral_proxy;
 use crate::http::error::ApiError;
 use crate::keys::Provider;
+use crate::session::admission::authenticate_http;
+use crate::session::mistral_proxy;
 use crate::state::AppState;
 
 /// Path of the native Mistral proxy on the public listener.

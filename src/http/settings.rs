@@ -13,9 +13,9 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::crypto::SecretString;
-use crate::gateway::admission::authenticate_http;
 use crate::http::error::ApiError;
 use crate::keys::Provider;
+use crate::session::admission::authenticate_http;
 use crate::state::AppState;
 
 /// Largest `PUT` body accepted: a key is at most 512 characters.

@@ -14,18 +14,18 @@ use uuid::Uuid;
 use crate::audio::{AudioFormat, Encoding, SAMPLE_RATES};
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::{
+use crate::session::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required,
     SELECTABLE_SUBPROTOCOLS,
 };
-use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
-use crate::gateway::note_access::{check_note_access, note_id_from_query};
-use crate::gateway::note_sessions::NoteSessionGuard;
-use crate::gateway::outbound::CountedStream;
-use crate::protocol::Provider;
+use crate::session::client::{ClientActor, ClientSession, UpstreamConnector};
+use crate::session::note_access::{check_note_access, note_id_from_query};
+use crate::session::note_sessions::NoteSessionGuard;
+use crate::session::outbound::CountedStream;
 use crate::state::AppState;
 use crate::upstream::mistral::{self, MistralUpstreamActor};
 use crate::upstream::UpstreamLink;
+use crate::wire::browser::Provider;
 
 /// What the browser asked for in the query string.
 #[derive(Debug, Clone, Copy, PartialEq)]

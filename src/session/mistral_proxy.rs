@@ -35,16 +35,16 @@ use uuid::Uuid;
 
 use crate::crypto::SecretString;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::validate_refresh;
-use crate::gateway::admission::{
+use crate::metrics;
+use crate::session::admission::validate_refresh;
+use crate::session::admission::{
     admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required, Admitted,
     SELECTABLE_SUBPROTOCOLS,
 };
-use crate::gateway::fragments::{FrameFault, Reassembler};
-use crate::gateway::limits::SessionPermit;
-use crate::gateway::outbound::{CountedStream, OutboundQueue};
-use crate::gateway::session_clock::SessionClock;
-use crate::metrics;
+use crate::session::fragments::{FrameFault, Reassembler};
+use crate::session::limits::SessionPermit;
+use crate::session::outbound::{CountedStream, OutboundQueue};
+use crate::session::session_clock::SessionClock;
 use crate::state::AppState;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::mistral::{
@@ -54,8 +54,8 @@ use crate::upstream::mistral::{
 use crate::upstream::mistral_sessions::MistralSessionGuard;
 use crate::upstream::writer::{message_len, SocketWriter, WriterPolicy};
 
-use crate::gateway::mistral_model::endpoint_for_query;
-use crate::gateway::outbound::detached;
+use crate::session::mistral_model::endpoint_for_query;
+use crate::session::outbound::detached;
 
 /// The gateway pings both sides this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);

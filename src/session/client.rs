@@ -17,21 +17,21 @@ use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::auth::JwtValidator;
 use crate::config::Config;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::validate_refresh;
-use crate::gateway::fragments::{FrameFault, Reassembler};
-use crate::gateway::limits::SessionPermit;
-use crate::gateway::note_sessions::NoteSessionGuard;
-use crate::gateway::outbound::OutboundQueue;
-use crate::gateway::rate::AudioRateLimiter;
-use crate::gateway::session_clock::SessionClock;
 use crate::metrics;
-use crate::protocol::{now_rfc3339, ClientMessage, Provider, ServerEvent};
+use crate::session::admission::validate_refresh;
+use crate::session::fragments::{FrameFault, Reassembler};
+use crate::session::limits::SessionPermit;
+use crate::session::note_sessions::NoteSessionGuard;
+use crate::session::outbound::OutboundQueue;
+use crate::session::rate::AudioRateLimiter;
+use crate::session::session_clock::SessionClock;
 use crate::state::AppState;
 use crate::upstream::audio_route::Routed;
 use crate::upstream::{
     AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, ToClient,
     Unsubscribe, UpstreamEvent, UpstreamLink,
 };
+use crate::wire::browser::{now_rfc3339, ClientMessage, Provider, ServerEvent};
 
 /// The gateway pings the browser this often…
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -111,7 +111,7 @@ pub struct ClientActor {
 
 impl ClientActor {
     /// `taken` counts the bytes the server takes from this session's
-    /// response stream (see [`crate::gateway::outbound::CountedStream`]).
+    /// response stream (see [`crate::session::outbound::CountedStream`]).
     pub fn new(
         session: ClientSession,
         connector: UpstreamConnector,

@@ -11,9 +11,9 @@ use crate::auth::{
     origin_allowed, token_from_request, AuthFailure, Claims, JwtValidator, JWT_SUBPROTOCOL,
 };
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::limits::SessionPermit;
 use crate::http::error::ApiError;
 use crate::metrics;
+use crate::session::limits::SessionPermit;
 use crate::state::AppState;
 
 /// A request that passed admission.
