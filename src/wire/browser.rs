@@ -1,4 +1,5 @@
-//! The browser ⇄ gateway wire types (PROTOCOL.md 2.3 and 2.4).
+//! The browser ⇄ gateway wire types (PROTOCOL.md 2.3 to 2.5): the only code
+//! that parses or builds chronus browser frames, the error envelope included.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,43 @@ pub fn now_rfc3339() -> String {
         }
         text.clone()
     })
+}
+
+/// The chronus error envelope (PROTOCOL.md 2.5) is wire JSON, so it is built
+/// here beside the other browser frames; `error.rs` keeps the type and codes.
+impl GatewayError {
+    /// The chronus envelope as a JSON text frame (never the cause). Every
+    /// envelope built is sent, so building one counts it in
+    /// `chronus_errors_total` by code and source.
+    pub fn envelope(&self, session_id: Option<&str>) -> String {
+        crate::metrics::ERRORS_SENT
+            .with_label_values(&[self.code.as_str(), self.code.source().as_str()])
+            .inc();
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Envelope<'a> {
+            r#type: &'static str,
+            code: &'static str,
+            message: &'a str,
+            retryable: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            upstream_code: Option<&'a serde_json::Value>,
+            timestamp: String,
+        }
+        let envelope = Envelope {
+            r#type: "error",
+            code: self.code.as_str(),
+            message: &self.message,
+            retryable: self.code.retryable(),
+            session_id,
+            upstream_code: self.upstream_code.as_ref(),
+            timestamp: now_rfc3339(),
+        };
+        // Serializing a struct of strings and bools cannot fail.
+        serde_json::to_string(&envelope).expect("envelope serializes")
+    }
 }
 
 /// A text frame from the browser.
@@ -238,5 +276,38 @@ mod tests {
             r#"{"type":"status","code":"THOTH_RESUMED","message":"m","sessionId":"s1","timestamp":"T"}"#
         );
         assert_eq!(ServerEvent::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn envelope_has_every_field() {
+        let err = GatewayError::new(ErrorCode::ThothUnavailable);
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(Some("abc"))).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "THOTH_UNAVAILABLE");
+        assert_eq!(
+            v["message"],
+            "Transcription service temporarily unavailable"
+        );
+        assert_eq!(v["retryable"], true);
+        assert_eq!(v["sessionId"], "abc");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("upstreamCode").is_none());
+    }
+
+    #[test]
+    fn sent_envelopes_are_counted_by_code_and_source() {
+        let counter =
+            crate::metrics::ERRORS_SENT.with_label_values(&["IDLE_TIMEOUT", "downstream"]);
+        let before = counter.get();
+        GatewayError::new(ErrorCode::IdleTimeout).envelope(None);
+        assert!(counter.get() > before);
+    }
+
+    #[test]
+    fn upstream_code_is_kept() {
+        let err = GatewayError::new(ErrorCode::MistralError).with_upstream_code(3001.into());
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
+        assert_eq!(v["upstreamCode"], 3001);
+        assert!(v.get("sessionId").is_none());
     }
 }
