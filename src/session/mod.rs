@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod core;
 pub mod fragments;
 pub mod limits;
 pub mod mistral_model;

@@ -24,6 +24,20 @@ pub fn now_rfc3339() -> String {
     })
 }
 
+/// Who reads the gateway's error envelopes on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDialect {
+    /// chronus frontends: the envelope fields only.
+    Chronus,
+    /// The native Mistral proxy's routes: Mistral's SDKs parse
+    /// `error.message`, so the envelope carries `error` as well.
+    MistralSdk,
+}
+
+/// `error.code` for an error that leaves the socket open (it has no close
+/// code): the generic "bad request" of the 44xx range.
+const SDK_ERROR_CODE_WITHOUT_CLOSE: u16 = 4400;
+
 /// The chronus error envelope (PROTOCOL.md 2.5) is wire JSON, so it is built
 /// here beside the other browser frames; `error.rs` keeps the type and codes.
 impl GatewayError {
@@ -31,6 +45,12 @@ impl GatewayError {
     /// envelope built is sent, so building one counts it in
     /// `chronus_errors_total` by code and source.
     pub fn envelope(&self, session_id: Option<&str>) -> String {
+        self.envelope_in(ErrorDialect::Chronus, session_id)
+    }
+
+    /// The envelope as `dialect`'s clients read it: the chronus fields, and
+    /// for Mistral's SDKs also `error.message` / `error.code`.
+    pub fn envelope_in(&self, dialect: ErrorDialect, session_id: Option<&str>) -> String {
         crate::metrics::ERRORS_SENT
             .with_label_values(&[self.code.as_str(), self.code.source().as_str()])
             .inc();
@@ -46,7 +66,25 @@ impl GatewayError {
             #[serde(skip_serializing_if = "Option::is_none")]
             upstream_code: Option<&'a serde_json::Value>,
             timestamp: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<SdkError<'a>>,
         }
+        /// What Mistral's SDKs read from an `error` event (`error.message`).
+        #[derive(Serialize)]
+        struct SdkError<'a> {
+            message: &'a str,
+            code: u16,
+        }
+        let error = match dialect {
+            ErrorDialect::Chronus => None,
+            ErrorDialect::MistralSdk => Some(SdkError {
+                message: &self.message,
+                code: self
+                    .code
+                    .close_code()
+                    .unwrap_or(SDK_ERROR_CODE_WITHOUT_CLOSE),
+            }),
+        };
         let envelope = Envelope {
             r#type: "error",
             code: self.code.as_str(),
@@ -55,8 +93,9 @@ impl GatewayError {
             session_id,
             upstream_code: self.upstream_code.as_ref(),
             timestamp: now_rfc3339(),
+            error,
         };
-        // Serializing a struct of strings and bools cannot fail.
+        // Serializing a struct of strings and numbers cannot fail.
         serde_json::to_string(&envelope).expect("envelope serializes")
     }
 }
@@ -309,5 +348,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
         assert_eq!(v["upstreamCode"], 3001);
         assert!(v.get("sessionId").is_none());
+    }
+
+    #[test]
+    fn mistral_sdk_envelope_adds_error_message_and_code() {
+        let err = GatewayError::with_message(ErrorCode::Forbidden, "no");
+        let v: serde_json::Value =
+            serde_json::from_str(&err.envelope_in(ErrorDialect::MistralSdk, Some("s"))).unwrap();
+        assert_eq!(v["code"], "FORBIDDEN");
+        assert_eq!(v["message"], "no");
+        assert_eq!(v["error"]["message"], "no");
+        assert_eq!(v["error"]["code"], 4403);
+        let chronus: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
+        assert!(chronus.get("error").is_none());
     }
 }
