@@ -152,10 +152,7 @@ async fn a_fragmented_text_message_that_is_not_utf8_gets_bad_message_and_1007() 
 
 #[actix_rt::test]
 async fn a_native_mistral_text_frame_that_is_not_utf8_gets_bad_message_and_1007() {
-    let fake = FakeMistral::start(FakeMistralOptions::new(
-        MISTRAL_KEY,
-        fake_mistral::Mode::Segments,
-    ));
+    let fake = FakeMistral::start(FakeMistralOptions::new(MISTRAL_KEY, fake_mistral::Mode::Segments));
     let mut env = base_env("ws://127.0.0.1:9/stream-audio");
     env.insert("MISTRAL_WS_URL".into(), fake.url());
     let gateway = start_gateway(&env).await;

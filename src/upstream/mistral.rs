@@ -40,12 +40,12 @@ use zeroize::Zeroizing;
 
 use super::connect::{self, ConnectFailure, WsFramed, WsTarget};
 use super::mistral_sessions::MistralSessionGuard;
+use super::writer::{SendFailure, SocketWriter, WriterPolicy};
 use super::mistral_transcript::{FinalText, Transcript};
 pub use super::mistral_wire::{
     append_frames, loggable_message, mistral_error, session_update, MistralErrorBody, MistralEvent,
     INPUT_AUDIO_END, INPUT_AUDIO_FLUSH, MAX_APPEND_BYTES,
 };
-use super::writer::{SendFailure, SocketWriter, WriterPolicy};
 use super::{ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent};
 use crate::audio::AudioFormat;
 use crate::config::{Config, ConfigError};
@@ -697,7 +697,11 @@ impl Handler<SocketWriterFailed> for MistralUpstreamActor {
         if msg.socket != self.socket {
             return;
         }
-        log::warn!("mistral: session {}: {}", self.session_id, msg.reason);
+        log::warn!(
+            "mistral: session {}: {}",
+            self.session_id,
+            msg.reason
+        );
         self.fail(GatewayError::new(ErrorCode::MistralUnavailable), ctx);
     }
 }
