@@ -20,8 +20,6 @@
 //!    alone).
 //! 4. Once it reports 0, drop the previous key from the configuration.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
@@ -54,44 +52,9 @@ pub fn cipher_from_config(config: &crate::config::Config) -> Result<KeyCipher, C
     Ok(cipher)
 }
 
-/// A speech-to-text provider a user can store a key for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    Mistral,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 1] = [Provider::Mistral];
-
-    /// The name used in URLs, JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Mistral => "mistral",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A provider name that is not one of [`Provider::ALL`] (HTTP: 404).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider {0:?}")]
-pub struct UnknownProvider(pub String);
-
-impl FromStr for Provider {
-    type Err = UnknownProvider;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Provider::ALL
-            .into_iter()
-            .find(|provider| provider.as_str() == name)
-            .ok_or_else(|| UnknownProvider(name.to_owned()))
-    }
-}
+/// The one provider enum; the providers a user stores a key for are
+/// [`Provider::WITH_API_KEY`].
+pub use crate::wire::browser::{Provider, UnknownProvider};
 
 /// What the settings page may know about a stored key: never the key.
 /// Serializes as `{"provider":"mistral","last4":"…","updatedAt":"…Z"}`.
@@ -464,16 +427,6 @@ fn reencrypt_stale_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn provider_names_round_trip_and_unknown_ones_fail() {
-        for provider in Provider::ALL {
-            assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
-        }
-        assert_eq!("mistral".parse::<Provider>().unwrap(), Provider::Mistral);
-        assert!("openai".parse::<Provider>().is_err());
-        assert!("".parse::<Provider>().is_err());
-    }
 
     #[test]
     fn api_key_info_serializes_camel_case_rfc3339() {

@@ -38,9 +38,13 @@ struct PutKeyBody {
     api_key: SecretString,
 }
 
-/// The provider named in the path; an unknown one is 404 (no such resource).
+/// The provider named in the path; an unknown one, or one without API keys
+/// (thoth), is 404 (no such resource).
 fn provider_of(path: &str) -> Result<Provider, ApiError> {
-    path.parse().map_err(|_| ApiError::NotFound)
+    path.parse::<Provider>()
+        .ok()
+        .filter(|provider| provider.takes_api_key())
+        .ok_or(ApiError::NotFound)
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {

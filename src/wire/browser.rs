@@ -139,11 +139,42 @@ pub enum Provider {
 }
 
 impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Thoth, Provider::Mistral];
+    /// The providers a user stores an API key for (settings, key store).
+    pub const WITH_API_KEY: [Provider; 1] = [Provider::Mistral];
+
+    /// The name used in URLs, JSON and the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Thoth => "thoth",
             Provider::Mistral => "mistral",
         }
+    }
+
+    pub fn takes_api_key(self) -> bool {
+        Provider::WITH_API_KEY.contains(&self)
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider name that is not one of [`Provider::ALL`] (HTTP: 404).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider {0:?}")]
+pub struct UnknownProvider(pub String);
+
+impl std::str::FromStr for Provider {
+    type Err = UnknownProvider;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == name)
+            .ok_or_else(|| UnknownProvider(name.to_owned()))
     }
 }
 
@@ -361,5 +392,17 @@ mod tests {
         assert_eq!(v["error"]["code"], 4403);
         let chronus: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
         assert!(chronus.get("error").is_none());
+    }
+
+    #[test]
+    fn provider_names_round_trip_and_unknown_ones_fail() {
+        for provider in Provider::ALL {
+            assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
+        }
+        assert_eq!("mistral".parse::<Provider>().unwrap(), Provider::Mistral);
+        assert!("openai".parse::<Provider>().is_err());
+        assert!("".parse::<Provider>().is_err());
+        assert!(Provider::Mistral.takes_api_key());
+        assert!(!Provider::Thoth.takes_api_key());
     }
 }
