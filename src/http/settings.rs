@@ -140,3 +140,15 @@ async fn delete_key(
         Err(ApiError::NotFound)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_providers_with_api_keys_are_key_resources() {
+        assert!(matches!(provider_of("mistral"), Ok(Provider::Mistral)));
+        assert!(matches!(provider_of("thoth"), Err(ApiError::NotFound)));
+        assert!(matches!(provider_of("openai"), Err(ApiError::NotFound)));
+    }
+}
