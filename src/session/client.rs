@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use crate::audio::{decode_base64_audio, s16le_to_f32le, AudioFormat};
 use crate::error::{ErrorCode, GatewayError};
-use crate::metrics;
 use crate::session::core::{BrowserSession, BrowserSocket, BrowserSocketSettings};
 use crate::session::limits::SessionPermit;
 use crate::session::note_sessions::NoteSessionGuard;
@@ -25,10 +24,12 @@ use crate::session::rate::AudioRateLimiter;
 use crate::state::AppState;
 use crate::upstream::audio_route::Routed;
 use crate::upstream::{
-    AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, ToClient,
-    Unsubscribe, UpstreamEvent, UpstreamLink,
+    AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, Unsubscribe,
+    UpstreamLink,
 };
-use crate::wire::browser::{now_rfc3339, ClientMessage, ErrorDialect, Provider, ServerEvent};
+use crate::wire::browser::{ClientMessage, ErrorDialect, Provider, ServerEvent};
+
+mod upstream_events;
 
 /// Audio held while the upstream is not ready yet, in seconds of audio.
 pub const PRE_READY_BUFFER_SECS: f64 = 10.0;
@@ -235,97 +236,6 @@ impl ClientActor {
             Err(e) => self.report(e, ctx),
         }
     }
-
-    // ---- events from the upstream --------------------------------------------
-
-    /// Streaming starts once both the upstream said `Ready` and the link to
-    /// it is known: the upstream may announce `Ready` before the subscribe
-    /// call returns the link, and audio must not race past either.
-    fn on_ready(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.phase != Phase::Connecting
-            || !self.upstream_ready
-            || self.upstream.is_none()
-            || self.socket.is_closed()
-        {
-            return;
-        }
-        self.phase = Phase::Streaming;
-        log::info!("{}: upstream ready", self.socket.log_name);
-        let ready = ServerEvent::Ready {
-            session_id: &self.socket.id_text,
-            provider: self.session.provider,
-        }
-        .to_json();
-        self.send_text(ready, ctx);
-        let now = Instant::now();
-        for audio in std::mem::take(&mut self.pending) {
-            // Held on purpose until `ready`: latency counts from here.
-            self.forward(audio, now, ctx);
-        }
-        self.pending_bytes = 0;
-        if self.end_requested {
-            self.send_end();
-        }
-    }
-
-    fn on_transcript(
-        &mut self,
-        text: String,
-        is_final: bool,
-        start: Option<f64>,
-        end: Option<f64>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        let event = if is_final {
-            if !text.is_empty() && self.transcript.len() + text.len() < MAX_TRANSCRIPT_BYTES {
-                if !self.transcript.is_empty() {
-                    self.transcript.push(' ');
-                }
-                self.transcript.push_str(&text);
-            }
-            ServerEvent::Transcription {
-                data: &text,
-                text: &text,
-                timestamp: now_rfc3339(),
-                start,
-                end,
-            }
-        } else {
-            ServerEvent::Partial {
-                data: &text,
-                text: &text,
-                timestamp: now_rfc3339(),
-            }
-        };
-        let json = event.to_json();
-        self.send_text(json, ctx);
-    }
-
-    /// The session cannot go on upstream: it ends here too, even for codes
-    /// that leave a session open when the browser causes them (e.g. thoth
-    /// refusing the audio).
-    fn on_failed(&mut self, error: GatewayError, ctx: &mut ws::WebsocketContext<Self>) {
-        let close = error.code.close_code().unwrap_or(1011);
-        let description = error.code.as_str();
-        self.report(error.clone(), ctx);
-        if !self.socket.is_closed() {
-            self.close(close, description, ctx);
-        }
-    }
-
-    fn on_done(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let done = ServerEvent::Done {
-            data: &self.transcript,
-            text: &self.transcript,
-            timestamp: now_rfc3339(),
-        }
-        .to_json();
-        self.send_text(done, ctx);
-        // The upstream already forgot the session.
-        self.upstream = None;
-        log::info!("{}: done", self.socket.log_name);
-        self.close(1000, "done", ctx);
-    }
 }
 
 impl BrowserSession for ClientActor {
@@ -426,50 +336,5 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for ClientActor {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.on_browser_finished(ctx);
-    }
-}
-
-impl Handler<ToClient> for ClientActor {
-    type Result = ();
-
-    fn handle(&mut self, ToClient { event, sent }: ToClient, ctx: &mut Self::Context) {
-        self.events.handled_one();
-        if self.socket.is_closed() {
-            return;
-        }
-        match event {
-            UpstreamEvent::Ready => {
-                self.upstream_ready = true;
-                self.on_ready(ctx);
-            }
-            UpstreamEvent::Transcript {
-                text,
-                is_final,
-                start,
-                end,
-            } => self.on_transcript(text, is_final, start, end, ctx),
-            UpstreamEvent::Done => self.on_done(ctx),
-            UpstreamEvent::Notice(notice) => {
-                let status = ServerEvent::Status {
-                    code: notice.code.as_str(),
-                    message: &notice.message,
-                    session_id: &self.socket.id_text,
-                    timestamp: now_rfc3339(),
-                }
-                .to_json();
-                self.send_text(status, ctx);
-            }
-            UpstreamEvent::Failed(error) => {
-                // The upstream already dropped the session.
-                self.upstream = None;
-                self.on_failed(error, ctx);
-            }
-            UpstreamEvent::DoneWithTranscript(whole) => {
-                // The upstream knows the whole text (Mistral's done.text).
-                self.transcript = whole;
-                self.on_done(ctx)
-            }
-        }
-        metrics::LATENCY_DOWNSTREAM.observe(sent.elapsed().as_secs_f64());
     }
 }
