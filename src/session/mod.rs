@@ -1,6 +1,7 @@
 //! The browser side: admission (auth, Origin, limits) and one upgrade path for
-//! every WebSocket route, one [`client::ClientActor`] per chronus session, and
-//! one [`mistral_proxy::MistralProxyActor`] per native Mistral session.
+//! every WebSocket route, the browser-socket [`core`] both browser actors own,
+//! one [`client::ClientActor`] per chronus session, and one
+//! [`mistral_proxy::MistralProxyActor`] per native Mistral session.
 
 pub mod admission;
 pub mod client;
