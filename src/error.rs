@@ -1,12 +1,11 @@
 //! The one error type the browser ever sees, and the single place that decides
 //! its chronus `code`, human message, `retryable` flag and WebSocket close code
-//! (PROTOCOL.md 2.5).
+//! (PROTOCOL.md 2.5). Its JSON envelope is wire format and is built in
+//! [`crate::wire::browser`].
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-
-use serde::Serialize;
 
 /// Stable chronus error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -262,39 +261,6 @@ impl GatewayError {
         self.upstream_code = Some(upstream_code);
         self
     }
-
-    /// The chronus envelope as a JSON text frame (never the cause). Every
-    /// envelope built is sent, so building one counts it in
-    /// `chronus_errors_total` by code and source.
-    pub fn envelope(&self, session_id: Option<&str>) -> String {
-        crate::metrics::ERRORS_SENT
-            .with_label_values(&[self.code.as_str(), self.code.source().as_str()])
-            .inc();
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Envelope<'a> {
-            r#type: &'static str,
-            code: &'static str,
-            message: &'a str,
-            retryable: bool,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            session_id: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            upstream_code: Option<&'a serde_json::Value>,
-            timestamp: String,
-        }
-        let envelope = Envelope {
-            r#type: "error",
-            code: self.code.as_str(),
-            message: &self.message,
-            retryable: self.code.retryable(),
-            session_id,
-            upstream_code: self.upstream_code.as_ref(),
-            timestamp: crate::protocol::now_rfc3339(),
-        };
-        // Serializing a struct of strings and bools cannot fail.
-        serde_json::to_string(&envelope).expect("envelope serializes")
-    }
 }
 
 impl From<ErrorCode> for GatewayError {
@@ -398,22 +364,6 @@ mod tests {
     }
 
     #[test]
-    fn envelope_has_every_field() {
-        let err = GatewayError::new(ErrorCode::ThothUnavailable);
-        let v: serde_json::Value = serde_json::from_str(&err.envelope(Some("abc"))).unwrap();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["code"], "THOTH_UNAVAILABLE");
-        assert_eq!(
-            v["message"],
-            "Transcription service temporarily unavailable"
-        );
-        assert_eq!(v["retryable"], true);
-        assert_eq!(v["sessionId"], "abc");
-        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
-        assert!(v.get("upstreamCode").is_none());
-    }
-
-    #[test]
     fn the_cause_is_logged_but_never_sent_in_the_envelope() {
         let err = GatewayError::new(ErrorCode::Internal).because("host=db password=hunter2");
         assert!(!err.envelope(Some("abc")).contains("hunter2"));
@@ -447,22 +397,5 @@ mod tests {
         let plain = GatewayError::new(ErrorCode::MistralUnavailable);
         assert_eq!(plain.clone().because("socket reset"), plain);
         assert!(plain.cause().is_none());
-    }
-
-    #[test]
-    fn sent_envelopes_are_counted_by_code_and_source() {
-        let counter =
-            crate::metrics::ERRORS_SENT.with_label_values(&["IDLE_TIMEOUT", "downstream"]);
-        let before = counter.get();
-        GatewayError::new(ErrorCode::IdleTimeout).envelope(None);
-        assert!(counter.get() > before);
-    }
-
-    #[test]
-    fn upstream_code_is_kept() {
-        let err = GatewayError::new(ErrorCode::MistralError).with_upstream_code(3001.into());
-        let v: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
-        assert_eq!(v["upstreamCode"], 3001);
-        assert!(v.get("sessionId").is_none());
     }
 }

@@ -10,19 +10,14 @@ pub mod config;
 pub mod demo;
 pub mod devthoth;
 pub mod error;
-pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod metrics;
-pub mod protocol;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod upstream;
 pub mod wire;
-
-// The store's modules at their former paths, for code and tests outside it
-// that still name `crate::db`, `crate::keys`, `crate::crypto`, `crate::redact`.
-pub use store::{crypto, db, keys, redact};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +29,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::auth::JwtValidator;
 use crate::config::Config;
-use crate::gateway::limits::SessionLimiter;
+use crate::session::limits::SessionLimiter;
 use crate::state::AppState;
 use crate::upstream::thoth::ThothPool;
 
@@ -170,11 +165,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
             .wrap(access_log())
             .route(
                 "/api/audio/transcribe",
-                web::get().to(gateway::routes::transcribe),
+                web::get().to(session::routes::transcribe),
             )
             .route(
                 "/api/notes/transcribe-audio",
-                web::get().to(gateway::routes::transcribe_note),
+                web::get().to(session::routes::transcribe_note),
             )
             .configure(http::web::routes)
             .configure(http::settings::routes)

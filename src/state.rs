@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::JwtValidator;
 use crate::config::Config;
-use crate::gateway::limits::SessionLimiter;
+use crate::session::limits::SessionLimiter;
 use crate::store::keys::ApiKeyStore;
 use crate::upstream::mistral::sessions::MistralSessions;
 use crate::upstream::mistral::MistralEndpoint;
@@ -25,5 +25,5 @@ pub struct AppState {
     /// Open Mistral sessions per user, for monitoring.
     pub mistral_sessions: MistralSessions,
     /// Open notes-path sessions and their notes, for monitoring.
-    pub note_sessions: crate::gateway::note_sessions::NoteSessions,
+    pub note_sessions: crate::session::note_sessions::NoteSessions,
 }

@@ -22,9 +22,9 @@ use chronus_gateway::audio::{
     decode_base64_audio, s16le_to_f32le, AudioFormat, Encoding, SAMPLE_RATES,
 };
 use chronus_gateway::error::ErrorCode;
-use chronus_gateway::gateway::routes::parse_session_query;
-use chronus_gateway::protocol::{ClientMessage, Provider};
-use chronus_gateway::upstream::mux_frame::MuxEvent;
+use chronus_gateway::session::routes::parse_session_query;
+use chronus_gateway::wire::browser::{ClientMessage, Provider};
+use chronus_gateway::wire::thoth_mux::MuxEvent;
 
 use hostile::*;
 

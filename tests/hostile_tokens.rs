@@ -16,7 +16,7 @@ use chronus_gateway::auth::{
     origin_allowed, token_from_request, AuthFailure, JwtValidator, TokenSource, JWT_SUBPROTOCOL,
 };
 use chronus_gateway::config::{JwtConfig, JwtKey};
-use chronus_gateway::gateway::admission::SELECTABLE_SUBPROTOCOLS;
+use chronus_gateway::session::admission::SELECTABLE_SUBPROTOCOLS;
 
 use hostile::*;
 

@@ -11,8 +11,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use chronus_gateway::audio::{AudioFormat, Encoding};
-use chronus_gateway::upstream::mux_frame::{audio_frame, MuxEvent};
-use chronus_gateway::upstream::replay::ReplayBuffer;
+use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
+use chronus_gateway::upstream::thoth::resume::ReplayBuffer;
 
 use hostile::*;
 

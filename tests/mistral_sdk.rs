@@ -388,9 +388,9 @@ async fn the_python_sdk_opens_the_model_it_asks_for_when_mistral_models_offers_i
     gateway.stop().await;
 }
 
-/// A model the gateway does not offer: the SDK fails at once (it cannot
-/// read the chronus envelope as Mistral's error, so it raises its generic
-/// handshake error), and Mistral is never contacted.
+/// A model the gateway does not offer: the SDK fails at once with the
+/// gateway's own message (read from the envelope's `error.message`), and
+/// Mistral is never contacted.
 #[actix_rt::test]
 async fn the_python_sdk_fails_fast_on_a_model_the_gateway_does_not_offer() {
     let sdk = Sdk::Python;
@@ -408,9 +408,10 @@ async fn the_python_sdk_fails_fast_on_a_model_the_gateway_does_not_offer() {
     };
     let (class, message) = run.exception.clone().expect("the SDK raises");
     assert_eq!(class, "RealtimeTranscriptionWSError", "{run:#?}");
-    // The chronus envelope has no `error.message`, so the SDK cannot show
-    // the gateway's message (which names the models on offer).
-    assert_eq!(message, "Realtime transcription error");
+    // The envelope's `error.message`: the gateway's message, naming the
+    // models on offer.
+    assert!(message.contains("not-a-voxtral-model"), "{message}");
+    assert!(message.contains("available:"), "{message}");
     assert!(fake.connections().is_empty(), "Mistral never contacted");
     gateway.stop().await;
 }

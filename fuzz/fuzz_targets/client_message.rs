@@ -4,7 +4,7 @@
 
 use chronus_gateway::audio::{decode_base64_audio, AudioFormat, Encoding};
 use chronus_gateway::error::ErrorCode;
-use chronus_gateway::protocol::ClientMessage;
+use chronus_gateway::wire::browser::ClientMessage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

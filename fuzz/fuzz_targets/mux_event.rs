@@ -2,7 +2,7 @@
 //! from the same bytes (`audio_frame`).
 #![no_main]
 
-use chronus_gateway::upstream::mux_frame::{audio_frame, MuxEvent};
+use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
 use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use chronus_gateway::audio::{AudioFormat, Encoding};
-use chronus_gateway::upstream::replay::ReplayBuffer;
+use chronus_gateway::upstream::thoth::resume::ReplayBuffer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

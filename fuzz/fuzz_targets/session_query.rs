@@ -2,7 +2,7 @@
 #![no_main]
 
 use chronus_gateway::audio::SAMPLE_RATES;
-use chronus_gateway::gateway::routes::parse_session_query;
+use chronus_gateway::session::routes::parse_session_query;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|query: &str| {

@@ -8,7 +8,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::test::TestRequest;
 use chronus_gateway::auth::{origin_allowed, token_from_request, JWT_SUBPROTOCOL};
-use chronus_gateway::gateway::admission::SELECTABLE_SUBPROTOCOLS;
+use chronus_gateway::session::admission::SELECTABLE_SUBPROTOCOLS;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,7 +30,7 @@ struct PoolReport {
     mistral: MistralSessionsSnapshot,
     sessions_open: usize,
     /// Notes-path sessions: each session id beside its `noteId`.
-    notes: Vec<crate::gateway::note_sessions::NoteSessionEntry>,
+    notes: Vec<crate::session::note_sessions::NoteSessionEntry>,
 }
 
 async fn pool(state: web::Data<AppState>) -> HttpResponse {

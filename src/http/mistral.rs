@@ -7,9 +7,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::gateway::admission::authenticate_http;
-use crate::gateway::mistral_proxy;
 use crate::http::error::ApiError;
+use crate::session::admission::authenticate_http;
+use crate::session::routes::mistral_native;
 use crate::state::AppState;
 use crate::store::keys::Provider;
 
@@ -23,10 +23,10 @@ pub const SDK_REALTIME_PATH: &str = "/v1/audio/transcriptions/realtime";
 /// Routes of the public listener under `/api/mistral`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/mistral/token", web::get().to(token))
-        .route(MISTRAL_WS_PATH, web::get().to(mistral_proxy::mistral_ws))
+        .route(MISTRAL_WS_PATH, web::get().to(mistral_native))
         .route(
             &format!("{MISTRAL_SERVER_PATH}{SDK_REALTIME_PATH}"),
-            web::get().to(mistral_proxy::mistral_ws),
+            web::get().to(mistral_native),
         );
 }
 

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::gateway::admission::authenticate_http;
 use crate::http::error::ApiError;
+use crate::session::admission::authenticate_http;
 use crate::state::AppState;
 use crate::store::keys::Provider;
 use crate::store::SecretString;
@@ -38,9 +38,13 @@ struct PutKeyBody {
     api_key: SecretString,
 }
 
-/// The provider named in the path; an unknown one is 404 (no such resource).
+/// The provider named in the path; an unknown one, or one without API keys
+/// (thoth), is 404 (no such resource).
 fn provider_of(path: &str) -> Result<Provider, ApiError> {
-    path.parse().map_err(|_| ApiError::NotFound)
+    path.parse::<Provider>()
+        .ok()
+        .filter(|provider| provider.takes_api_key())
+        .ok_or(ApiError::NotFound)
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -134,5 +138,17 @@ async fn delete_key(
         Ok(no_store(HttpResponse::NoContent().finish()))
     } else {
         Err(ApiError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_providers_with_api_keys_are_key_resources() {
+        assert!(matches!(provider_of("mistral"), Ok(Provider::Mistral)));
+        assert!(matches!(provider_of("thoth"), Err(ApiError::NotFound)));
+        assert!(matches!(provider_of("openai"), Err(ApiError::NotFound)));
     }
 }

@@ -18,9 +18,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, Zeroizing};
 
-/// Re-exported at its former path (`crate::crypto::SecretString`) for callers
-/// outside the store; new code uses [`crate::store::SecretString`].
-pub use super::secret::SecretString;
+use super::secret::SecretString;
 
 /// Environment variable that holds the current encryption key; named in
 /// error messages (its value never is).

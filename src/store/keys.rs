@@ -7,8 +7,6 @@
 //! Keys are never logged; logs name the user, the provider and `last4`.
 //! Rotating the encryption key: `key_rotation.rs`.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
@@ -29,44 +27,9 @@ pub const LAST_CHARS_SHOWN: usize = 4;
 /// Associated-data prefix; the version lets the binding format change.
 const AAD_PREFIX: &[u8] = b"chronus-api-key:v1:";
 
-/// A speech-to-text provider a user can store a key for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    Mistral,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 1] = [Provider::Mistral];
-
-    /// The name used in URLs, JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Mistral => "mistral",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A provider name that is not one of [`Provider::ALL`] (HTTP: 404).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider {0:?}")]
-pub struct UnknownProvider(pub String);
-
-impl FromStr for Provider {
-    type Err = UnknownProvider;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Provider::ALL
-            .into_iter()
-            .find(|provider| provider.as_str() == name)
-            .ok_or_else(|| UnknownProvider(name.to_owned()))
-    }
-}
+/// The one provider enum; the providers a user stores a key for are
+/// [`Provider::WITH_API_KEY`].
+pub use crate::wire::browser::{Provider, UnknownProvider};
 
 /// What the settings page may know about a stored key: never the key.
 /// Serializes as `{"provider":"mistral","last4":"…","updatedAt":"…Z"}`.
@@ -369,16 +332,6 @@ fn open_row(cipher: &KeyCipher, row: &ApiKeyRow) -> Result<SecretString, CryptoE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn provider_names_round_trip_and_unknown_ones_fail() {
-        for provider in Provider::ALL {
-            assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
-        }
-        assert_eq!("mistral".parse::<Provider>().unwrap(), Provider::Mistral);
-        assert!("openai".parse::<Provider>().is_err());
-        assert!("".parse::<Provider>().is_err());
-    }
 
     #[test]
     fn api_key_info_serializes_camel_case_rfc3339() {

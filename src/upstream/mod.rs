@@ -2,18 +2,14 @@
 //! MistralUpstreamActor, and the messages every upstream actor exchanges with
 //! its ClientActors.
 //!
-//! A transcription travels `thoth/mux_actor.rs` or `mistral.rs` (socket frame →
-//! [`UpstreamEvent`]) → `gateway/client.rs` (event → browser frame).
+//! A transcription travels `thoth/mux_actor.rs` or `mistral/actor/inbound.rs` (socket frame →
+//! [`UpstreamEvent`]) → `session/client/upstream_events.rs` (event → browser frame).
 
 pub mod connect;
 pub mod mistral;
 pub mod thoth;
 pub mod writer;
 
-// Old paths, kept so tests/ and examples/ compile until they import from
-// `crate::wire::thoth_mux` and `crate::upstream::thoth::resume` directly.
-pub use crate::wire::thoth_mux as mux_frame;
-pub use thoth::resume as replay;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use crate::upstream::Subscribe;
 pub struct ThothEndpointConfig {
     pub url: String,
     pub protocol: ThothProtocol,
-    pub stream_token: Option<crate::crypto::SecretString>,
+    pub stream_token: Option<crate::store::SecretString>,
     pub tls: Arc<rustls::ClientConfig>,
     pub idle_close: Duration,
     pub retry_base: Duration,
@@ -37,7 +37,7 @@ pub struct ThothEndpointConfig {
 impl ThothEndpointConfig {
     /// The URL as shown in logs and monitoring, its secrets masked.
     pub fn display_url(&self) -> String {
-        crate::redact::redact(&self.url)
+        crate::store::redact::redact(&self.url)
     }
 }
 

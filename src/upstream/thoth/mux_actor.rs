@@ -2,11 +2,11 @@
 //! session of an endpoint on one socket, as a [`ThothUpstreamActor<Mux>`].
 //!
 //! Where a frame travels: the browser's audio arrives at its ClientActor
-//! (`gateway/client.rs`), which frames it and queues it on this socket's
+//! (`session/client.rs`), which frames it and queues it on this socket's
 //! writer through the session's [`AudioRoute`]; thoth's results come back on
 //! the socket, [`MuxEvent`] (`wire/thoth_mux.rs`) parses them here, and each
 //! goes to its session's ClientActor as an [`UpstreamEvent`], which turns it
-//! into a browser frame (`protocol.rs`). The socket's lifecycle is in
+//! into a browser frame (`session/client/upstream_events.rs` → `wire/browser.rs`). The socket's lifecycle is in
 //! `socket.rs`; the session table, reference count and idle close in `actor.rs`.
 //!
 //! The socket opens with the first subscriber and closes

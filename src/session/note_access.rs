@@ -63,7 +63,7 @@ pub async fn check_note_access(
         return Ok(()); // unset: every positive noteId is admitted (README)
     };
     let url = template.replace("{noteId}", &note.to_string());
-    let shown = crate::redact::redact(&url);
+    let shown = crate::store::redact::redact(&url);
     let timeout = settings.note_access_timeout;
     let result = tokio::time::timeout(timeout, ask(&url, token, timeout)).await;
     match result {

@@ -1,31 +1,28 @@
-//! `GET /api/audio/transcribe` and `GET /api/notes/transcribe-audio` (the
-//! same chronus protocol, with a required `noteId`, PROTOCOL.md 2.7):
-//! admission, query parsing, then a ClientActor.
+//! Every browser WebSocket route, each through the one admission/upgrade
+//! path of [`crate::session::admission`]: `GET /api/audio/transcribe` and
+//! `GET /api/notes/transcribe-audio` (the same chronus protocol, with a
+//! required `noteId`, PROTOCOL.md 2.7) start a ClientActor; `GET
+//! /api/mistral/ws` and its SDK path start a MistralProxyActor (2.6).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
 use futures_util::FutureExt;
 use uuid::Uuid;
 
 use crate::audio::{AudioFormat, Encoding, SAMPLE_RATES};
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::admission::{
-    admit_websocket, is_websocket_upgrade, reject_websocket, upgrade_required,
-    SELECTABLE_SUBPROTOCOLS,
-};
-use crate::gateway::client::{ClientActor, ClientSession, UpstreamConnector};
-use crate::gateway::note_access::{check_note_access, note_id_from_query};
-use crate::gateway::note_sessions::NoteSessionGuard;
-use crate::gateway::outbound::CountedStream;
-use crate::protocol::Provider;
+use crate::session::admission::{accept, accept_detached, admit_upgrade, reject_websocket};
+use crate::session::client::{ClientActor, ClientSession, UpstreamConnector};
+use crate::session::mistral_model::endpoint_for_query;
+use crate::session::mistral_proxy::MistralProxyActor;
+use crate::session::note_access::{check_note_access, note_id_from_query};
+use crate::session::note_sessions::NoteSessionGuard;
 use crate::state::AppState;
 use crate::upstream::mistral::{self, MistralUpstreamActor};
 use crate::upstream::UpstreamLink;
+use crate::wire::browser::{ErrorDialect, Provider};
 
 /// What the browser asked for in the query string.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,29 +143,27 @@ async fn open_chronus_session(
     state: web::Data<AppState>,
     path: ChronusPath,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if !is_websocket_upgrade(&req) {
-        return Ok(upgrade_required());
-    }
-    let admitted = match admit_websocket(&req, &state) {
+    // Every refusal below is by upgrade-and-close with the chronus envelope.
+    let reject = |payload, error| reject_websocket(&req, payload, error, ErrorDialect::Chronus);
+    let admitted = match admit_upgrade(&req, &state) {
         Ok(admitted) => admitted,
-        Err(error) => return reject_websocket(&req, payload, error),
+        Err(refusal) => return refusal.respond(&req, payload, ErrorDialect::Chronus),
     };
     let request = match parse_session_query(req.query_string()) {
         Ok(request) => request,
-        Err(error) => return reject_websocket(&req, payload, error),
+        Err(error) => return reject(payload, error),
     };
     let session_id = Uuid::new_v4();
     let note = match path {
         ChronusPath::Transcribe => None,
         ChronusPath::Notes => match admit_note(&req, &state, session_id, request.provider).await {
             Ok(note) => Some(note),
-            Err(error) => return reject_websocket(&req, payload, error),
+            Err(error) => return reject(payload, error),
         },
     };
     let legacy_thoth = state.config.thoth_protocol == ThothProtocol::Legacy;
     if request.provider == Provider::Thoth && legacy_thoth && request.format.sample_rate != 16_000 {
-        return reject_websocket(
-            &req,
+        return reject(
             payload,
             GatewayError::with_message(
                 ErrorCode::InvalidAudioFormat,
@@ -185,7 +180,7 @@ async fn open_chronus_session(
             // The key is looked up before the upgrade: no key, no upstream work.
             let key = match mistral::user_key(&state.keys, &admitted.claims.sub).await {
                 Ok(key) => key,
-                Err(error) => return reject_websocket(&req, payload, error),
+                Err(error) => return reject(payload, error),
             };
             let endpoint = state.mistral.clone();
             let sessions = state.mistral_sessions.clone();
@@ -214,14 +209,44 @@ async fn open_chronus_session(
         state: state.clone().into_inner(),
         permit: admitted.permit,
     };
-    // Built by hand rather than with `WsResponseBuilder` so the response
-    // stream can count what the browser takes (the write-queue bound).
-    let taken = Arc::new(AtomicUsize::new(0));
-    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
-    let actor = ClientActor::new(session, connector, taken.clone());
-    let frames = ws::WebsocketContext::with_codec(actor, payload, codec);
-    Ok(ws::handshake_with_protocols(&req, SELECTABLE_SUBPROTOCOLS)?
-        .streaming(CountedStream::new(frames, taken)))
+    accept(&req, payload, &state, |taken| {
+        ClientActor::new(session, connector, taken)
+    })
+}
+
+/// The native Mistral WebSocket (`/api/mistral/ws` and the SDKs'
+/// `/api/mistral/v1/audio/transcriptions/realtime`): the model, then the
+/// user's key, then a [`MistralProxyActor`]. Refusals carry `error.message`
+/// for Mistral's SDKs.
+pub async fn mistral_native(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let dialect = ErrorDialect::MistralSdk;
+    let admitted = match admit_upgrade(&req, &state) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.respond(&req, payload, dialect),
+    };
+    // The model is checked before the key is even read: nothing upstream yet.
+    let endpoint = match endpoint_for_query(
+        req.query_string(),
+        &state.mistral,
+        &state.config.mistral_models,
+    ) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return reject_websocket(&req, payload, error, dialect),
+    };
+    let key = match mistral::user_key(&state.keys, &admitted.claims.sub).await {
+        Ok(key) => key,
+        Err(error) => return reject_websocket(&req, payload, error, dialect),
+    };
+    // Detached: Mistral's events are relayed only while the browser keeps
+    // up, and the actor must run on to notice that it does not.
+    let shared = state.clone().into_inner();
+    accept_detached(&req, payload, &state, |taken| {
+        MistralProxyActor::new(admitted, key, endpoint, shared, taken)
+    })
 }
 
 #[cfg(test)]

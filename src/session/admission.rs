@@ -2,6 +2,13 @@
 //! token, session caps. A refused browser still gets an upgrade, because a
 //! browser cannot read an HTTP status on a failed handshake: it receives the
 //! chronus error envelope and a 44xx close code. No upstream is touched.
+//!
+//! Every WebSocket route goes through the same path: [`admit_upgrade`], its
+//! own checks (each refused with [`reject_websocket`]), then [`accept`] or
+//! [`accept_detached`].
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
@@ -11,10 +18,12 @@ use crate::auth::{
     origin_allowed, token_from_request, AuthFailure, Claims, JwtValidator, JWT_SUBPROTOCOL,
 };
 use crate::error::{ErrorCode, GatewayError};
-use crate::gateway::limits::SessionPermit;
 use crate::http::error::ApiError;
 use crate::metrics;
+use crate::session::limits::SessionPermit;
+use crate::session::outbound::{detached, CountedStream};
 use crate::state::AppState;
+use crate::wire::browser::ErrorDialect;
 
 /// A request that passed admission.
 pub struct Admitted {
@@ -53,6 +62,80 @@ pub fn upgrade_required() -> HttpResponse {
         .json(serde_json::json!({
             "error": "This endpoint only speaks WebSocket (RFC 6455: HTTP/1.1, Sec-WebSocket-Version 13)"
         }))
+}
+
+/// Why a WebSocket request is not admitted.
+pub enum Refusal {
+    /// Not an RFC 6455 upgrade: answered `426` (see [`upgrade_required`]).
+    NotAnUpgrade,
+    /// Refused by upgrading and closing with the error's code.
+    Refused(GatewayError),
+}
+
+impl Refusal {
+    /// The answer to the refused request, in `dialect`'s error envelope.
+    pub fn respond(
+        self,
+        req: &HttpRequest,
+        payload: web::Payload,
+        dialect: ErrorDialect,
+    ) -> Result<HttpResponse, actix_web::Error> {
+        match self {
+            Refusal::NotAnUpgrade => Ok(upgrade_required()),
+            Refusal::Refused(error) => reject_websocket(req, payload, error, dialect),
+        }
+    }
+}
+
+/// The first step of every WebSocket route: a real RFC 6455 upgrade, then
+/// Origin, token and session caps.
+pub fn admit_upgrade(req: &HttpRequest, state: &AppState) -> Result<Admitted, Refusal> {
+    if !is_websocket_upgrade(req) {
+        return Err(Refusal::NotAnUpgrade);
+    }
+    admit_websocket(req, state).map_err(Refusal::Refused)
+}
+
+/// The last step of every WebSocket route: upgrades to `actor`, built with
+/// the counter of bytes the server takes from its response stream (the
+/// write-queue bound, see [`crate::session::outbound`]).
+pub fn accept<A>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    actor: impl FnOnce(Arc<AtomicUsize>) -> A,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: Actor<Context = ws::WebsocketContext<A>>
+        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
+    // Built by hand rather than with `WsResponseBuilder` so the response
+    // stream can count what the browser takes.
+    let taken = Arc::new(AtomicUsize::new(0));
+    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
+    let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), payload, codec);
+    Ok(ws::handshake_with_protocols(req, SELECTABLE_SUBPROTOCOLS)?
+        .streaming(CountedStream::new(frames, taken)))
+}
+
+/// [`accept`], with the actor's frames on a task of their own (see
+/// [`detached`]): for an actor relaying a producer that does not wait for
+/// the browser.
+pub fn accept_detached<A>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    actor: impl FnOnce(Arc<AtomicUsize>) -> A,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: Actor<Context = ws::WebsocketContext<A>>
+        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
+    let taken = Arc::new(AtomicUsize::new(0));
+    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
+    let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), payload, codec);
+    Ok(ws::handshake_with_protocols(req, SELECTABLE_SUBPROTOCOLS)?
+        .streaming(CountedStream::new(detached(frames), taken)))
 }
 
 /// Checks the caller of a WebSocket endpoint: Origin, then token, then caps.
@@ -117,8 +200,9 @@ pub fn reject_websocket(
     req: &HttpRequest,
     payload: web::Payload,
     error: GatewayError,
+    dialect: ErrorDialect,
 ) -> Result<HttpResponse, actix_web::Error> {
-    ws::WsResponseBuilder::new(RejectedSession { error }, req, payload)
+    ws::WsResponseBuilder::new(RejectedSession { error, dialect }, req, payload)
         .protocols(SELECTABLE_SUBPROTOCOLS)
         .start()
 }
@@ -126,13 +210,14 @@ pub fn reject_websocket(
 /// Lives just long enough to send one error and close.
 struct RejectedSession {
     error: GatewayError,
+    dialect: ErrorDialect,
 }
 
 impl Actor for RejectedSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.text(self.error.envelope(None));
+        ctx.text(self.error.envelope_in(self.dialect, None));
         let code = self.error.code.close_code().unwrap_or(4400);
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),

@@ -1,4 +1,5 @@
-//! The browser ⇄ gateway wire types (PROTOCOL.md 2.3 and 2.4).
+//! The browser ⇄ gateway wire types (PROTOCOL.md 2.3 to 2.5): the only code
+//! that parses or builds chronus browser frames, the error envelope included.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,82 @@ pub fn now_rfc3339() -> String {
         }
         text.clone()
     })
+}
+
+/// Who reads the gateway's error envelopes on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDialect {
+    /// chronus frontends: the envelope fields only.
+    Chronus,
+    /// The native Mistral proxy's routes: Mistral's SDKs parse
+    /// `error.message`, so the envelope carries `error` as well.
+    MistralSdk,
+}
+
+/// `error.code` for an error that leaves the socket open (it has no close
+/// code): the generic "bad request" of the 44xx range.
+const SDK_ERROR_CODE_WITHOUT_CLOSE: u16 = 4400;
+
+/// The chronus error envelope (PROTOCOL.md 2.5) is wire JSON, so it is built
+/// here beside the other browser frames; `error.rs` keeps the type and codes.
+impl GatewayError {
+    /// The chronus envelope as a JSON text frame (never the cause). Every
+    /// envelope built is sent, so building one counts it in
+    /// `chronus_errors_total` by code and source.
+    pub fn envelope(&self, session_id: Option<&str>) -> String {
+        self.envelope_in(ErrorDialect::Chronus, session_id)
+    }
+
+    /// The envelope as `dialect`'s clients read it: the chronus fields, and
+    /// for Mistral's SDKs also `error.message` / `error.code`.
+    pub fn envelope_in(&self, dialect: ErrorDialect, session_id: Option<&str>) -> String {
+        crate::metrics::ERRORS_SENT
+            .with_label_values(&[self.code.as_str(), self.code.source().as_str()])
+            .inc();
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Envelope<'a> {
+            r#type: &'static str,
+            code: &'static str,
+            message: &'a str,
+            retryable: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            upstream_code: Option<&'a serde_json::Value>,
+            timestamp: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<SdkError<'a>>,
+        }
+        /// What Mistral's SDKs read from an `error` event (`error.message`).
+        #[derive(Serialize)]
+        struct SdkError<'a> {
+            message: &'a str,
+            code: u16,
+        }
+        let error = match dialect {
+            ErrorDialect::Chronus => None,
+            ErrorDialect::MistralSdk => Some(SdkError {
+                message: &self.message,
+                code: self
+                    .code
+                    .close_code()
+                    .unwrap_or(SDK_ERROR_CODE_WITHOUT_CLOSE),
+            }),
+        };
+        let envelope = Envelope {
+            r#type: "error",
+            code: self.code.as_str(),
+            message: &self.message,
+            retryable: self.code.retryable(),
+            session_id,
+            upstream_code: self.upstream_code.as_ref(),
+            timestamp: now_rfc3339(),
+            error,
+        };
+        // Serializing a struct of strings and numbers cannot fail.
+        serde_json::to_string(&envelope).expect("envelope serializes")
+    }
 }
 
 /// A text frame from the browser.
@@ -62,11 +139,42 @@ pub enum Provider {
 }
 
 impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Thoth, Provider::Mistral];
+    /// The providers a user stores an API key for (settings, key store).
+    pub const WITH_API_KEY: [Provider; 1] = [Provider::Mistral];
+
+    /// The name used in URLs, JSON and the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Thoth => "thoth",
             Provider::Mistral => "mistral",
         }
+    }
+
+    pub fn takes_api_key(self) -> bool {
+        Provider::WITH_API_KEY.contains(&self)
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider name that is not one of [`Provider::ALL`] (HTTP: 404).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider {0:?}")]
+pub struct UnknownProvider(pub String);
+
+impl std::str::FromStr for Provider {
+    type Err = UnknownProvider;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == name)
+            .ok_or_else(|| UnknownProvider(name.to_owned()))
     }
 }
 
@@ -238,5 +346,63 @@ mod tests {
             r#"{"type":"status","code":"THOTH_RESUMED","message":"m","sessionId":"s1","timestamp":"T"}"#
         );
         assert_eq!(ServerEvent::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn envelope_has_every_field() {
+        let err = GatewayError::new(ErrorCode::ThothUnavailable);
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(Some("abc"))).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "THOTH_UNAVAILABLE");
+        assert_eq!(
+            v["message"],
+            "Transcription service temporarily unavailable"
+        );
+        assert_eq!(v["retryable"], true);
+        assert_eq!(v["sessionId"], "abc");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("upstreamCode").is_none());
+    }
+
+    #[test]
+    fn sent_envelopes_are_counted_by_code_and_source() {
+        let counter =
+            crate::metrics::ERRORS_SENT.with_label_values(&["IDLE_TIMEOUT", "downstream"]);
+        let before = counter.get();
+        GatewayError::new(ErrorCode::IdleTimeout).envelope(None);
+        assert!(counter.get() > before);
+    }
+
+    #[test]
+    fn upstream_code_is_kept() {
+        let err = GatewayError::new(ErrorCode::MistralError).with_upstream_code(3001.into());
+        let v: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
+        assert_eq!(v["upstreamCode"], 3001);
+        assert!(v.get("sessionId").is_none());
+    }
+
+    #[test]
+    fn mistral_sdk_envelope_adds_error_message_and_code() {
+        let err = GatewayError::with_message(ErrorCode::Forbidden, "no");
+        let v: serde_json::Value =
+            serde_json::from_str(&err.envelope_in(ErrorDialect::MistralSdk, Some("s"))).unwrap();
+        assert_eq!(v["code"], "FORBIDDEN");
+        assert_eq!(v["message"], "no");
+        assert_eq!(v["error"]["message"], "no");
+        assert_eq!(v["error"]["code"], 4403);
+        let chronus: serde_json::Value = serde_json::from_str(&err.envelope(None)).unwrap();
+        assert!(chronus.get("error").is_none());
+    }
+
+    #[test]
+    fn provider_names_round_trip_and_unknown_ones_fail() {
+        for provider in Provider::ALL {
+            assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
+        }
+        assert_eq!("mistral".parse::<Provider>().unwrap(), Provider::Mistral);
+        assert!("openai".parse::<Provider>().is_err());
+        assert!("".parse::<Provider>().is_err());
+        assert!(Provider::Mistral.takes_api_key());
+        assert!(!Provider::Thoth.takes_api_key());
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::gateway::note_access::NoteId;
-use crate::protocol::Provider;
+use crate::session::note_access::NoteId;
+use crate::wire::browser::Provider;
 
 /// One notes-path session, as the pool JSON shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
