@@ -8,9 +8,9 @@ mod fake_mistral;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chronus_gateway::store::SecretString;
 use chronus_gateway::devthoth::{DevThoth, DevThothOptions};
 use chronus_gateway::store::keys::Provider;
+use chronus_gateway::store::SecretString;
 use common::raw_ws::*;
 use common::*;
 use fake_mistral::{FakeMistral, FakeMistralOptions};

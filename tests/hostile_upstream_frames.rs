@@ -11,8 +11,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use chronus_gateway::audio::{AudioFormat, Encoding};
-use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
 use chronus_gateway::upstream::thoth::resume::ReplayBuffer;
+use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
 
 use hostile::*;
 

@@ -17,10 +17,10 @@ mod key_store_fixture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronus_gateway::store::{crypto::KeyCipher, SecretString};
 use chronus_gateway::store::db::schema::api_keys;
 use chronus_gateway::store::db::Database;
 use chronus_gateway::store::keys::{ApiKeyStore, KeyStoreError, Provider};
+use chronus_gateway::store::{crypto::KeyCipher, SecretString};
 use diesel::prelude::*;
 use key_store_fixture::*;
 

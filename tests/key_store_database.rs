@@ -12,9 +12,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use chronus_gateway::store::SecretString;
 use chronus_gateway::store::db::Database;
 use chronus_gateway::store::keys::{KeyStoreError, Provider};
+use chronus_gateway::store::SecretString;
 use key_store_fixture::*;
 
 /// Every file SQLite may have written for `db_file`.

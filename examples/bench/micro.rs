@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use chronus_gateway::metrics;
-use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
 use chronus_gateway::wire::browser::{now_rfc3339, ServerEvent};
+use chronus_gateway::wire::thoth_mux::{audio_frame, MuxEvent};
 use uuid::Uuid;
 
 use crate::audio::{ack_text, fill_frame, RunningChecksum, FRAME_BYTES};

@@ -30,13 +30,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::store::SecretString;
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
 use crate::session::admission::Admitted;
 use crate::session::core::{BrowserSession, BrowserSocket, BrowserSocketSettings};
 use crate::session::limits::SessionPermit;
 use crate::state::AppState;
+use crate::store::SecretString;
 use crate::upstream::connect::WsFramed;
 use crate::upstream::mistral::sessions::MistralSessionGuard;
 use crate::upstream::mistral::{

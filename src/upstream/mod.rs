@@ -10,7 +10,6 @@ pub mod mistral;
 pub mod thoth;
 pub mod writer;
 
-
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;

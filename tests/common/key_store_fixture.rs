@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chronus_gateway::store::{crypto::KeyCipher, SecretString};
 use chronus_gateway::store::db::models::ApiKeyRow;
 use chronus_gateway::store::db::schema::api_keys;
 use chronus_gateway::store::db::Database;
 use chronus_gateway::store::keys::{ApiKeyStore, Provider};
+use chronus_gateway::store::{crypto::KeyCipher, SecretString};
 use diesel::prelude::*;
 
 pub const PG_URL_VAR: &str = "TEST_DATABASE_URL_PG";
