@@ -21,7 +21,9 @@ impl SessionClock {
     pub fn new(settings: &ChronusSessionSettings, token_exp: u64, opened: Instant) -> Self {
         let token_expires_at = match settings.token_check {
             SessionTokenCheck::Connect => None,
-            SessionTokenCheck::Continuous => Some(opened + until_unix_time(token_exp)),
+            // Measured from now, not from `opened`: the wall-clock time left is
+            // read now, so the deadline never falls before the token's end.
+            SessionTokenCheck::Continuous => Some(Instant::now() + until_unix_time(token_exp)),
         };
         SessionClock {
             session_ends_at: opened + settings.max_session,
