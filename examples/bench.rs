@@ -1,9 +1,11 @@
-//! Benchmark of the gateway's relay: a load generator, a fast fake thoth and
-//! the real gateway binary as a separate process (docs/performance.md).
+//! Benchmark of the gateway's relay: a load generator, a fast fake thoth, the
+//! real gateway binary as a separate process, and a lean reference relay as
+//! the baseline row (docs/performance.md).
 //!
 //! ```text
-//! cargo build --release --bin chronus-gateway
+//! cargo build --release --examples --bin chronus-gateway
 //! cargo run --release --example bench -- --mode realtime --sessions 1000 --seconds 10
+//! cargo run --release --example bench -- --profile chronus --sessions 3000
 //! cargo run --release --example bench -- --suite --repeat 3 --json bench.json
 //! cargo run --example bench -- --smoke --gateway-bin target/debug/chronus-gateway
 //! ```
@@ -12,10 +14,14 @@
 mod audio;
 #[path = "bench/gateway.rs"]
 mod gateway;
+#[path = "bench/lean_relay.rs"]
+mod lean_relay;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/micro.rs"]
 mod micro;
+#[path = "bench/profile.rs"]
+mod profile;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/thoth.rs"]
@@ -28,6 +34,7 @@ use std::time::Duration;
 
 use gateway::{GatewayProcess, GatewaySettings};
 use load::{LoadPlan, Mode, Target, Timeline};
+use profile::Profile;
 use report::{RunRecord, Side};
 use thoth::FakeThoth;
 
@@ -37,6 +44,9 @@ bench — load generator and benchmark of chronus-gateway
 USAGE: cargo run --release --example bench -- [OPTIONS]
 
   --mode M            realtime (default) | flood | sparse | connect
+  --profile P         realtime (default): 1,280-byte frames every 20 ms, each
+                      answered; chronus: 16,384-byte frames (4,096 f32 samples)
+                      every 256 ms, one final result per ~3 s of a session's audio
   --sessions N        concurrent sessions (default 1000; sparse 10000; flood 100)
   --seconds S         measured window (default 10)
   --ramp S            seconds over which sessions open (default N/1000, at least 1)
@@ -46,16 +56,18 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --concurrency C     connect: connections opened at once (default 64)
   --users U           distinct users (one token each; default min(N, 1000))
   --no-direct         skip the direct-to-thoth row
-  --final-every F     the fake thoth's reply is a final result every F frames of a
-                      session (default 50: once per second of audio; 1: every reply)
-  --find-max          real-time: raise N by --step from --from to --to (until two
+  --no-relay          skip the lean reference relay's row (gateway ÷ relay ratios)
+  --final-every F     realtime profile: the fake thoth's reply is a final result every
+                      F frames of a session (default 50: once per second of audio)
+  --find-max          real-time, either profile: raise N by --step from --from to --to (until two
                       misses in a row), report the
                       largest N with zero failures and p99 < 50 ms
   --from N --to N --step N   (defaults 1000, 8000, 500)
-  --suite             every figure of docs/performance.md
+  --suite             every figure of docs/performance.md, both profiles
   --repeat R          run each figure R times, report medians (default 1)
   --micro             CPU cost of the gateway's per-frame library work (no sockets)
-  --smoke             20 real-time sessions for 2 s + direct; exit 1 on any failure
+  --smoke             20 real-time sessions for 2 s, 20 chronus-profile sessions for
+                      4 s, through the gateway and direct; exit 1 on any failure
   --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
   --json PATH         also write the results as JSON
   --perf PATH         record a perf profile (cpu-clock; BENCH_PERF_CALLGRAPH=1 for call graphs) of the
@@ -68,6 +80,7 @@ struct Figure {
     name: String,
     plan: LoadPlan,
     direct: bool,
+    relay: bool,
 }
 
 struct Options {
@@ -81,11 +94,13 @@ struct Options {
     /// Record a `perf` profile of the gateway during each window, to this file.
     perf: Option<PathBuf>,
     micro: bool,
-    /// The fake thoth's final-result period, in frames.
+    /// The fake thoth's final-result period, in frames (realtime profile).
     final_every: u64,
+    /// `--find-max` also finds the lean relay's maximum.
+    find_max_relay: bool,
 }
 
-fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
+fn plan_for(mode: Mode, profile: Profile, sessions: Option<usize>, seconds: f64) -> LoadPlan {
     let sessions = sessions.unwrap_or(match mode {
         Mode::Sparse => 10_000,
         Mode::Flood => 100,
@@ -93,6 +108,7 @@ fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
     });
     LoadPlan {
         mode,
+        profile,
         sessions,
         seconds,
         ramp: Duration::from_secs_f64((sessions as f64 / 1000.0).max(1.0)),
@@ -105,6 +121,8 @@ fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut mode = Mode::Realtime;
+    let mut profile = Profile::Realtime;
+    let mut relay = true;
     let mut sessions = None;
     let mut seconds = 10.0;
     let mut ramp = None;
@@ -127,6 +145,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         perf: None,
         micro: false,
         final_every: thoth::DEFAULT_FINAL_EVERY_FRAMES,
+        find_max_relay: false,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
@@ -140,6 +159,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 let m = it.next().ok_or("--mode needs a value")?;
                 mode = Mode::parse(m).ok_or(format!("unknown mode {m:?}"))?;
             }
+            "--profile" => {
+                let p = it.next().ok_or("--profile needs a value")?;
+                profile = Profile::parse(p).ok_or(format!("unknown profile {p:?}"))?;
+            }
+            "--no-relay" => relay = false,
             "--sessions" => sessions = Some(num(it.next(), arg)? as usize),
             "--seconds" => seconds = num(it.next(), arg)?,
             "--ramp" => ramp = Some(Duration::from_secs_f64(num(it.next(), arg)?)),
@@ -188,41 +212,119 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
         plan
     };
-    let figure = |name: &str, plan: LoadPlan, direct: bool| Figure {
+    let figure = |name: &str, plan: LoadPlan, direct: bool, with_relay: bool| Figure {
         name: name.to_string(),
         plan,
         direct,
+        relay: with_relay && relay,
     };
     if opts.smoke {
-        let mut plan = customize(plan_for(Mode::Realtime, Some(20), 2.0));
+        // The relay is left out: the smoke run checks the gateway, briefly.
+        let mut plan = customize(plan_for(Mode::Realtime, Profile::Realtime, Some(20), 2.0));
         plan.ramp = Duration::from_millis(200);
         plan.warmup = Duration::from_millis(300);
-        opts.figures.push(figure("smoke", plan, true));
+        opts.figures.push(figure("smoke", plan, true, false));
+        // 4 s: each session's audio crosses one ~3 s final window.
+        let mut plan = customize(plan_for(Mode::Realtime, Profile::Chronus, Some(20), 4.0));
+        plan.ramp = Duration::from_millis(200);
+        plan.warmup = Duration::from_millis(300);
+        opts.figures
+            .push(figure("smoke-chronus", plan, true, false));
     } else if suite {
-        for (name, mode, n, with_direct) in [
-            ("realtime-250", Mode::Realtime, 250, true),
-            ("realtime-500", Mode::Realtime, 500, true),
-            ("realtime-1000", Mode::Realtime, 1000, true),
-            ("realtime-3000", Mode::Realtime, 3000, true),
-            ("sparse-10000", Mode::Sparse, 10_000, false),
-            ("flood-100", Mode::Flood, 100, true),
-            ("connect", Mode::Connect, 0, false),
+        for (name, mode, suite_profile, n, with_direct, with_relay) in [
+            (
+                "chronus-1000",
+                Mode::Realtime,
+                Profile::Chronus,
+                1000,
+                true,
+                true,
+            ),
+            (
+                "chronus-3000",
+                Mode::Realtime,
+                Profile::Chronus,
+                3000,
+                true,
+                true,
+            ),
+            (
+                "chronus-5000",
+                Mode::Realtime,
+                Profile::Chronus,
+                5000,
+                false,
+                true,
+            ),
+            (
+                "realtime-250",
+                Mode::Realtime,
+                Profile::Realtime,
+                250,
+                true,
+                true,
+            ),
+            (
+                "realtime-500",
+                Mode::Realtime,
+                Profile::Realtime,
+                500,
+                true,
+                false,
+            ),
+            (
+                "realtime-1000",
+                Mode::Realtime,
+                Profile::Realtime,
+                1000,
+                true,
+                true,
+            ),
+            (
+                "realtime-3000",
+                Mode::Realtime,
+                Profile::Realtime,
+                3000,
+                true,
+                false,
+            ),
+            (
+                "sparse-10000",
+                Mode::Sparse,
+                Profile::Realtime,
+                10_000,
+                false,
+                false,
+            ),
+            (
+                "flood-100",
+                Mode::Flood,
+                Profile::Realtime,
+                100,
+                true,
+                false,
+            ),
+            ("connect", Mode::Connect, Profile::Realtime, 0, false, false),
         ] {
-            let plan = customize(plan_for(mode, Some(n), seconds));
-            opts.figures.push(figure(name, plan, with_direct && direct));
+            let plan = customize(plan_for(mode, suite_profile, Some(n), seconds));
+            opts.figures
+                .push(figure(name, plan, with_direct && direct, with_relay));
         }
     } else if find_max {
-        let plan = customize(plan_for(Mode::Realtime, None, seconds));
+        let plan = customize(plan_for(Mode::Realtime, profile, None, seconds));
         opts.find_max = Some((from, to.max(from), step, plan));
+        opts.find_max_relay = relay;
     } else {
-        let plan = customize(plan_for(mode, sessions, seconds));
-        let name = if mode == Mode::Connect {
-            "connect".to_string()
-        } else {
-            format!("{}-{}", mode.as_str(), plan.sessions)
+        let plan = customize(plan_for(mode, profile, sessions, seconds));
+        let name = match (mode, profile) {
+            (Mode::Connect, _) => "connect".to_string(),
+            (Mode::Realtime, Profile::Chronus) => format!("chronus-{}", plan.sessions),
+            (_, Profile::Chronus) => format!("chronus-{}-{}", mode.as_str(), plan.sessions),
+            _ => format!("{}-{}", mode.as_str(), plan.sessions),
         };
         let direct = direct && mode != Mode::Connect;
-        opts.figures.push(figure(&name, plan, direct));
+        opts.figures
+            .push(figure(&name, plan, direct, mode != Mode::Connect));
     }
     Ok(opts)
 }
@@ -254,7 +356,8 @@ fn run_side(
 ) -> Result<RunRecord, String> {
     let users = opts.users;
     let plan = &figure.plan;
-    let thoth = FakeThoth::start(opts.final_every).map_err(|e| format!("fake thoth: {e}"))?;
+    let thoth = FakeThoth::start(plan.profile.thoth_replies(opts.final_every))
+        .map_err(|e| format!("fake thoth: {e}"))?;
     let load_before = gateway::load_average();
     let (gateway, target) = match side {
         Side::Gateway => {
@@ -271,6 +374,12 @@ fn run_side(
             let tokens = mint_tokens(users)?;
             let addr = gw.addr;
             (Some(gw), Target::Gateway { addr, tokens })
+        }
+        Side::LeanRelay => {
+            let relay = GatewayProcess::start_lean_relay(&thoth.url())?;
+            let tokens = mint_tokens(users.unwrap_or(plan.sessions.clamp(1, 1000)))?;
+            let addr = relay.addr;
+            (Some(relay), Target::Gateway { addr, tokens })
         }
         Side::Direct => (None, Target::Direct { addr: thoth.addr }),
     };
@@ -358,6 +467,9 @@ fn run_figure(
     records: &mut Vec<RunRecord>,
 ) -> Result<(), String> {
     let mut sides = vec![Side::Gateway];
+    if figure.relay {
+        sides.push(Side::LeanRelay);
+    }
     if figure.direct {
         sides.push(Side::Direct);
     }
@@ -381,6 +493,9 @@ fn run_figure(
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(lean_relay::RELAY_FLAG) {
+        return lean_relay::serve_from_env();
+    }
     let opts = match parse_args(&args) {
         Ok(opts) => opts,
         Err(e) => {
@@ -430,16 +545,23 @@ fn run(opts: Options) -> Result<bool, String> {
     if let Some((from, to, step, plan)) = &opts.find_max {
         find_max = Some(report::find_max(from, to, step, plan, |figure_plan| {
             let figure = Figure {
-                name: format!("find-max-{}", figure_plan.sessions),
+                name: format!(
+                    "find-max-{}-{}",
+                    figure_plan.profile.as_str(),
+                    figure_plan.sessions
+                ),
                 plan: figure_plan,
                 direct: false,
+                // The relay's row at each N, for the ratio; only the
+                // gateway's figures decide pass or fail.
+                relay: opts.find_max_relay,
             };
             let mut one = Vec::new();
             run_figure(&figure, &binary, &opts, &mut one)?;
             records.extend(one);
-            Ok(report::median_record(
-                records.iter().filter(|r| r.figure == figure.name),
-            ))
+            Ok(report::median_record(records.iter().filter(|r| {
+                r.figure == figure.name && r.side == Side::Gateway
+            })))
         })?);
     }
     let table = report::table(&records, opts.repeat);

@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use crate::audio::{fill_frame, find_ack, Ack, RunningChecksum, FRAME_BYTES, FRAME_INTERVAL};
+use crate::audio::{fill_frame, find_ack, Ack, RunningChecksum};
+use crate::profile::Profile;
 use crate::thoth::MUX_SUBPROTOCOL;
 
 /// A connection, handshake included, must succeed within this.
@@ -45,11 +46,11 @@ type Ws = WebSocketStream<TcpStream>;
 /// What the sessions do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// 20 ms frames, 50 per second per session.
+    /// One frame per profile interval (20 ms, or chronus's 256 ms).
     Realtime,
     /// As fast as the sockets take it (bounded in-flight window per session).
     Flood,
-    /// One 20 ms frame per second per session: many sessions held.
+    /// One frame per second per session: many sessions held.
     Sparse,
     /// New authenticated sessions per second, until `ready`.
     Connect,
@@ -70,13 +71,6 @@ impl Mode {
             .into_iter()
             .find(|m| m.as_str() == s)
     }
-
-    fn interval(self) -> Duration {
-        match self {
-            Mode::Sparse => SPARSE_INTERVAL,
-            _ => FRAME_INTERVAL,
-        }
-    }
 }
 
 /// Where the load goes.
@@ -95,6 +89,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
     pub mode: Mode,
+    /// Frame size and pace, and how thoth answers.
+    pub profile: Profile,
     pub sessions: usize,
     pub seconds: f64,
     pub ramp: Duration,
@@ -104,6 +100,16 @@ pub struct LoadPlan {
     pub window: usize,
     /// Connect: connections being opened at once.
     pub concurrency: usize,
+}
+
+impl LoadPlan {
+    /// How often a paced session sends a frame.
+    pub fn interval(&self) -> Duration {
+        match self.mode {
+            Mode::Sparse => SPARSE_INTERVAL,
+            _ => self.profile.frame_interval(),
+        }
+    }
 }
 
 /// The instants of a run, shared by every thread.
@@ -296,6 +302,9 @@ struct Pending {
 /// One session's audio and the acks it expects, in order.
 struct Track {
     session: u32,
+    frame_bytes: usize,
+    /// One ack may cover every frame up to the one it names (chronus profile).
+    cumulative: bool,
     frames: u64,
     bytes: u64,
     checksum: RunningChecksum,
@@ -306,9 +315,11 @@ struct Track {
 }
 
 impl Track {
-    fn new(session: u32) -> Track {
+    fn new(session: u32, profile: Profile) -> Track {
         Track {
             session,
+            frame_bytes: profile.frame_bytes(),
+            cumulative: profile.cumulative_acks(),
             frames: 0,
             bytes: 0,
             checksum: RunningChecksum::default(),
@@ -320,17 +331,17 @@ impl Track {
 
     /// The next frame, with `prefix` (the mux uuid, or nothing) before the audio.
     fn next_frame(&mut self, prefix: &[u8], tl: &Timeline, result: &mut LoadResult) -> Bytes {
-        let mut frame = vec![0u8; prefix.len() + FRAME_BYTES];
+        let mut frame = vec![0u8; prefix.len() + self.frame_bytes];
         frame[..prefix.len()].copy_from_slice(prefix);
         fill_frame(self.session, self.frames, &mut frame[prefix.len()..]);
         self.checksum.update(&frame[prefix.len()..]);
         self.frames += 1;
-        self.bytes += FRAME_BYTES as u64;
+        self.bytes += self.frame_bytes as u64;
         let now = Instant::now();
         let in_window = now >= tl.window_start() && now < tl.window_end();
         if in_window {
             result.frames_in_window += 1;
-            result.bytes_in_window += FRAME_BYTES as u64;
+            result.bytes_in_window += self.frame_bytes as u64;
         }
         result.frames_total += 1;
         self.pending.push_back(Pending {
@@ -347,6 +358,19 @@ impl Track {
     fn on_ack(&mut self, ack: Ack, tl: &Timeline, result: &mut LoadResult) {
         let now = Instant::now();
         result.acks_total += 1;
+        let in_window = now >= tl.window_start() && now < tl.window_end();
+        // A cumulative ack (a final result for a ~3 s window) covers every
+        // frame up to the one it names; its byte count and checksum, checked
+        // below, cover all of them, so nothing lost goes unnoticed.
+        if self.cumulative && ack.session == self.session {
+            while self.pending.len() > 1 && self.pending[0].frame < ack.frame {
+                self.pending.pop_front();
+                if in_window {
+                    result.acked_frames_in_window += 1;
+                    result.acked_bytes_in_window += self.frame_bytes as u64;
+                }
+            }
+        }
         // An ack naming a later frame of this session: the frames before it
         // never reached thoth. Count them once, and go on checking the rest
         // (thoth still checks every frame's content; from here on the client
@@ -355,7 +379,7 @@ impl Track {
         if ack.session == self.session {
             while self.pending.len() > 1 && self.pending[0].frame < ack.frame {
                 let lost = self.pending.pop_front().expect("checked non-empty");
-                self.lost_bytes += FRAME_BYTES as u64;
+                self.lost_bytes += self.frame_bytes as u64;
                 result.failures.skipped_frame += 1;
                 result.error(format!(
                     "session {}: frame {} never reached thoth (the next ack names frame {})",
@@ -391,9 +415,9 @@ impl Track {
         if expected.in_window {
             let _ = result.latency.record(micros(now - expected.sent_at));
         }
-        if now >= tl.window_start() && now < tl.window_end() {
+        if in_window {
             result.acked_frames_in_window += 1;
-            result.acked_bytes_in_window += FRAME_BYTES as u64;
+            result.acked_bytes_in_window += self.frame_bytes as u64;
         }
     }
 
@@ -600,7 +624,7 @@ async fn gateway_session(
             r.ready_late += 1;
         }
     }
-    let mut track = Track::new(index as u32);
+    let mut track = Track::new(index as u32, plan.profile);
     let outcome = match plan.mode {
         Mode::Flood => flood_session(&mut ws, &mut track, plan, tl, &result).await,
         _ => paced_session(&mut ws, &mut track, plan, tl, &result).await,
@@ -649,7 +673,7 @@ async fn paced_session(
     tl: Timeline,
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
-    let interval = plan.mode.interval();
+    let interval = plan.interval();
     let mut due = Instant::now();
     loop {
         if due >= tl.window_end() {
@@ -837,8 +861,11 @@ async fn direct(addr: SocketAddr, plan: &LoadPlan, tl: Timeline, result: Rc<RefC
         }
     };
     let (mut sink, mut stream) = ws.split();
-    let tracks: RefCell<Vec<Track>> =
-        RefCell::new((0..plan.sessions).map(|i| Track::new(i as u32)).collect());
+    let tracks: RefCell<Vec<Track>> = RefCell::new(
+        (0..plan.sessions)
+            .map(|i| Track::new(i as u32, plan.profile))
+            .collect(),
+    );
     let ids: Vec<Uuid> = (0..plan.sessions).map(direct_session_id).collect();
     let acked = tokio::sync::Notify::new();
     let ended = std::cell::Cell::new(0usize);
@@ -952,7 +979,7 @@ async fn direct_paced_writer(
     tl: Timeline,
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
-    let interval = plan.mode.interval();
+    let interval = plan.interval();
     let slots = interval.as_millis().max(1) as usize;
     let mut due: Vec<Instant> = (0..plan.sessions).map(|i| tl.start_of(plan, i)).collect();
     let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); slots];
@@ -1028,10 +1055,13 @@ async fn direct_flood_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::FRAME_BYTES;
+    use crate::profile::CHRONUS_FRAME_BYTES;
 
     fn plan() -> LoadPlan {
         LoadPlan {
             mode: Mode::Realtime,
+            profile: Profile::Realtime,
             sessions: 1,
             seconds: 1.0,
             ramp: Duration::ZERO,
@@ -1044,14 +1074,18 @@ mod tests {
 
     /// The ack thoth would send after `frames` of `session`.
     fn ack_after(session: u32, frames: std::ops::Range<u64>) -> Ack {
+        ack_after_sized(session, frames, FRAME_BYTES)
+    }
+
+    fn ack_after_sized(session: u32, frames: std::ops::Range<u64>, frame_bytes: usize) -> Ack {
         let mut sum = RunningChecksum::default();
-        let mut buf = vec![0; FRAME_BYTES];
+        let mut buf = vec![0; frame_bytes];
         for f in frames.clone() {
             fill_frame(session, f, &mut buf);
             sum.update(&buf);
         }
         Ack {
-            bytes: (frames.end - frames.start) * FRAME_BYTES as u64,
+            bytes: (frames.end - frames.start) * frame_bytes as u64,
             checksum: sum.0,
             session,
             frame: frames.end - 1,
@@ -1062,14 +1096,14 @@ mod tests {
     async fn exact_acks_pass_and_a_skipped_frame_counts_once() {
         let tl = Timeline::new(&plan());
         let mut result = LoadResult::default();
-        let mut track = Track::new(3);
+        let mut track = Track::new(3, Profile::Realtime);
         for _ in 0..3 {
             track.next_frame(&[], &tl, &mut result);
         }
         track.on_ack(ack_after(3, 0..1), &tl, &mut result);
         assert_eq!(result.failures.total(), 0);
 
-        let mut lossy = Track::new(3);
+        let mut lossy = Track::new(3, Profile::Realtime);
         for _ in 0..3 {
             lossy.next_frame(&[], &tl, &mut result);
         }
@@ -1081,6 +1115,35 @@ mod tests {
 
         // Another session's ack is cross-talk.
         track.on_ack(ack_after(4, 0..2), &tl, &mut result);
+        assert_eq!(result.failures.mismatched_ack, 1);
+    }
+
+    #[tokio::test]
+    async fn a_window_final_covers_its_frames_and_a_lost_frame_shows() {
+        let tl = Timeline::new(&plan());
+        let mut result = LoadResult::default();
+        let mut track = Track::new(5, Profile::Chronus);
+        for _ in 0..12 {
+            track.next_frame(&[], &tl, &mut result);
+        }
+        track.on_ack(
+            ack_after_sized(5, 0..12, CHRONUS_FRAME_BYTES),
+            &tl,
+            &mut result,
+        );
+        assert_eq!(result.failures.total(), 0);
+        assert!(track.pending.is_empty());
+
+        // Thoth never got frame 0: its final's byte count is one frame short.
+        let mut lossy = Track::new(5, Profile::Chronus);
+        for _ in 0..12 {
+            lossy.next_frame(&[], &tl, &mut result);
+        }
+        lossy.on_ack(
+            ack_after_sized(5, 1..12, CHRONUS_FRAME_BYTES),
+            &tl,
+            &mut result,
+        );
         assert_eq!(result.failures.mismatched_ack, 1);
     }
 }

@@ -5,13 +5,14 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::audio::FRAME_INTERVAL;
 use crate::load::{LoadPlan, LoadResult, Mode};
 
 /// Where the load went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Gateway,
+    /// The lean reference relay (examples/bench/lean_relay.rs).
+    LeanRelay,
     Direct,
 }
 
@@ -19,6 +20,7 @@ impl Side {
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Gateway => "gateway",
+            Side::LeanRelay => "relay",
             Side::Direct => "direct",
         }
     }
@@ -339,6 +341,24 @@ pub fn table(records: &[RunRecord], repeat: usize) -> String {
             cell(f["send_lag_p99_ms"], 1),
             cell(f["load_1m"], 2),
         );
+        if *side == Side::LeanRelay {
+            if let Some((_, _, g, _)) = groups
+                .iter()
+                .find(|(name, s, _, _)| name == figure && *s == Side::Gateway)
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} µs/frame ×{}  p99 ×{}  peak RSS ×{} ({} ÷ {} MiB)   (gateway ÷ lean relay)",
+                    figure,
+                    "ratio",
+                    cell(g["gw_us_per_frame"] / f["gw_us_per_frame"], 2),
+                    cell(g["p99_ms"] / f["p99_ms"], 2),
+                    cell(g["rss_peak_mib"] / f["rss_peak_mib"], 2),
+                    cell(g["rss_peak_mib"], 1),
+                    cell(f["rss_peak_mib"], 1),
+                );
+            }
+        }
         if *side == Side::Direct {
             if let Some((_, _, g, _)) = groups
                 .iter()
@@ -364,6 +384,8 @@ pub fn table(records: &[RunRecord], repeat: usize) -> String {
 
 /// The outcome of `--find-max`.
 pub struct FindMax {
+    /// The profile's frame interval (the full frame rate is N per interval).
+    pub interval: std::time::Duration,
     pub largest_passing: Option<usize>,
     /// Largest N with p99 < 50 ms and the full frame rate, failures aside.
     pub largest_keeping_up: Option<usize>,
@@ -384,7 +406,7 @@ impl std::fmt::Display for FindMax {
                 cell(fig["p99_ms"], 2),
                 cell(fig["failures"], 0),
                 cell(fig["frames_per_s"], 0),
-                *n as f64 / FRAME_INTERVAL.as_secs_f64(),
+                *n as f64 / self.interval.as_secs_f64(),
             )?;
         }
         match self.largest_passing {
@@ -402,13 +424,13 @@ impl std::fmt::Display for FindMax {
 }
 
 /// Whether a real-time run meets the target.
-pub fn passes(n: usize, f: &Figures) -> bool {
-    f["failures"] == 0.0 && keeps_up(n, f)
+pub fn passes(n: usize, interval: std::time::Duration, f: &Figures) -> bool {
+    f["failures"] == 0.0 && keeps_up(n, interval, f)
 }
 
 /// p99 under 50 ms at ≥ 98% of the real-time frame rate, failures aside.
-pub fn keeps_up(n: usize, f: &Figures) -> bool {
-    let expected = n as f64 / FRAME_INTERVAL.as_secs_f64();
+pub fn keeps_up(n: usize, interval: std::time::Duration, f: &Figures) -> bool {
+    let expected = n as f64 / interval.as_secs_f64();
     f["p99_ms"] < 50.0 && f["frames_per_s"] >= 0.98 * expected
 }
 
@@ -422,6 +444,7 @@ pub fn find_max(
     mut run: impl FnMut(LoadPlan) -> Result<Figures, String>,
 ) -> Result<FindMax, String> {
     let mut out = FindMax {
+        interval: plan.interval(),
         largest_passing: None,
         largest_keeping_up: None,
         trials: Vec::new(),
@@ -433,8 +456,8 @@ pub fn find_max(
         trial.sessions = n;
         trial.ramp = std::time::Duration::from_secs_f64((n as f64 / 1000.0).max(1.0));
         let figures = run(trial)?;
-        let pass = passes(n, &figures);
-        let keeps_up = keeps_up(n, &figures);
+        let pass = passes(n, plan.interval(), &figures);
+        let keeps_up = keeps_up(n, plan.interval(), &figures);
         out.trials.push((n, pass, figures));
         if pass {
             out.largest_passing = Some(n);
