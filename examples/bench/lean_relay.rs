@@ -398,3 +398,23 @@ async fn relay(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_final_is_formatted_once_and_its_text_kept_for_done() {
+        let thoth = r#"{"type":"transcription","session_id":"x","text":"a \"b\"","is_final":true,"start":0,"end":3.072}"#;
+        let event: ThothEvent = serde_json::from_str(thoth).unwrap();
+        let Some(ToBrowser::Final { frame, text }) = browser_event(&event) else {
+            panic!("not a final");
+        };
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["type"], "transcription");
+        assert_eq!(value["data"], "a \"b\"");
+        assert_eq!(value["text"], "a \"b\"");
+        assert_eq!(value["end"], 3.072);
+        assert_eq!(&frame[text], r#"a \"b\""#);
+    }
+}
