@@ -12,6 +12,8 @@
 
 #[path = "bench/audio.rs"]
 mod audio;
+#[path = "bench/direct.rs"]
+mod direct;
 #[path = "bench/gateway.rs"]
 mod gateway;
 #[path = "bench/lean_relay.rs"]
@@ -26,6 +28,8 @@ mod profile;
 mod report;
 #[path = "bench/thoth.rs"]
 mod thoth;
+#[path = "bench/track.rs"]
+mod track;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
