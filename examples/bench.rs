@@ -14,6 +14,8 @@
 mod audio;
 #[path = "bench/direct.rs"]
 mod direct;
+#[path = "bench/find_max.rs"]
+mod find_max;
 #[path = "bench/gateway.rs"]
 mod gateway;
 #[path = "bench/lean_relay.rs"]
@@ -258,7 +260,7 @@ fn run(opts: Options) -> Result<bool, String> {
         run_figure(figure, &binary, &opts, &mut records)?;
     }
     if let Some((from, to, step, plan)) = &opts.find_max {
-        find_max = Some(report::find_max(from, to, step, plan, |figure_plan| {
+        find_max = Some(find_max::find_max(from, to, step, plan, |figure_plan| {
             let figure = Figure {
                 name: format!(
                     "find-max-{}-{}",
