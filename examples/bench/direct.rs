@@ -82,6 +82,9 @@ pub async fn direct(
                 Mode::Flood => direct_flood_writer(&mut sink, &tracks, &ids, plan, tl, &result, &acked).await?,
                 _ => direct_paced_writer(&mut sink, &tracks, &ids, plan, tl, &result).await?,
             }
+            for track in tracks.borrow_mut().iter_mut() {
+                track.ended = true;
+            }
             for id in &ids {
                 let end = format!(r#"{{"type":"session.end","session_id":"{id}"}}"#);
                 sink.feed(Message::text(end)).await.map_err(|e| e.to_string())?;

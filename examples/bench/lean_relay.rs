@@ -43,6 +43,8 @@ const THOTH_QUEUE: usize = 8192;
 const MUX_ID_BYTES: usize = 16;
 /// As the gateway's default `MAX_FRAME_BYTES`.
 const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Bytes read from a browser socket at once.
+const BROWSER_READ_BUFFER: usize = 8 * 1024;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -300,7 +302,12 @@ fn check_request(request: &Request, response: Response) -> Result<Response, Erro
 /// One browser socket, both directions, from handshake to close.
 async fn browser_session(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    // Small buffers: tungstenite's defaults (128 KiB each way) would cost
+    // every held socket a quarter MiB; frames are read whole anyway, and every
+    // write is flushed at once.
     let config = WebSocketConfig::default()
+        .read_buffer_size(BROWSER_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let Ok(mut ws) =

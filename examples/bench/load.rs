@@ -459,6 +459,7 @@ async fn finish_session(
     tl: Timeline,
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
+    track.ended = true;
     ws.send(Message::text(r#"{"type":"end"}"#))
         .await
         .map_err(|e| format!("send end: {e}"))?;
