@@ -1,25 +1,39 @@
-//! Benchmark of the gateway's relay: a load generator, a fast fake thoth and
-//! the real gateway binary as a separate process (docs/performance.md).
+//! Benchmark of the gateway's relay: a load generator, a fast fake thoth, the
+//! real gateway binary as a separate process, and a lean reference relay as
+//! the baseline row (docs/performance.md).
 //!
 //! ```text
-//! cargo build --release --bin chronus-gateway
+//! cargo build --release --examples --bin chronus-gateway
 //! cargo run --release --example bench -- --mode realtime --sessions 1000 --seconds 10
+//! cargo run --release --example bench -- --profile chronus --sessions 3000
 //! cargo run --release --example bench -- --suite --repeat 3 --json bench.json
 //! cargo run --example bench -- --smoke --gateway-bin target/debug/chronus-gateway
 //! ```
 
 #[path = "bench/audio.rs"]
 mod audio;
+#[path = "bench/direct.rs"]
+mod direct;
+#[path = "bench/find_max.rs"]
+mod find_max;
 #[path = "bench/gateway.rs"]
 mod gateway;
+#[path = "bench/lean_relay.rs"]
+mod lean_relay;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/micro.rs"]
 mod micro;
+#[path = "bench/options.rs"]
+mod options;
+#[path = "bench/profile.rs"]
+mod profile;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/thoth.rs"]
 mod thoth;
+#[path = "bench/track.rs"]
+mod track;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,205 +41,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{GatewayProcess, GatewaySettings};
-use load::{LoadPlan, Mode, Target, Timeline};
+use load::{Mode, Target, Timeline};
+use options::{parse_args, Figure, Options, USAGE};
 use report::{RunRecord, Side};
 use thoth::FakeThoth;
-
-const USAGE: &str = "\
-bench — load generator and benchmark of chronus-gateway
-
-USAGE: cargo run --release --example bench -- [OPTIONS]
-
-  --mode M            realtime (default) | flood | sparse | connect
-  --sessions N        concurrent sessions (default 1000; sparse 10000; flood 100)
-  --seconds S         measured window (default 10)
-  --ramp S            seconds over which sessions open (default N/1000, at least 1)
-  --warmup S          seconds between the ramp and the window (default 1)
-  --client-threads T  load generator threads (default 2)
-  --window W          flood: frames in flight per session (default 32)
-  --concurrency C     connect: connections opened at once (default 64)
-  --users U           distinct users (one token each; default min(N, 1000))
-  --no-direct         skip the direct-to-thoth row
-  --final-every F     the fake thoth's reply is a final result every F frames of a
-                      session (default 50: once per second of audio; 1: every reply)
-  --find-max          real-time: raise N by --step from --from to --to (until two
-                      misses in a row), report the
-                      largest N with zero failures and p99 < 50 ms
-  --from N --to N --step N   (defaults 1000, 8000, 500)
-  --suite             every figure of docs/performance.md
-  --repeat R          run each figure R times, report medians (default 1)
-  --micro             CPU cost of the gateway's per-frame library work (no sockets)
-  --smoke             20 real-time sessions for 2 s + direct; exit 1 on any failure
-  --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
-  --json PATH         also write the results as JSON
-  --perf PATH         record a perf profile (cpu-clock; BENCH_PERF_CALLGRAPH=1 for call graphs) of the
-                      gateway during the measured window (needs `perf`)
-";
-
-/// A benchmark figure: one mode, one size, through the gateway and/or direct.
-#[derive(Debug, Clone)]
-struct Figure {
-    name: String,
-    plan: LoadPlan,
-    direct: bool,
-}
-
-struct Options {
-    figures: Vec<Figure>,
-    find_max: Option<(usize, usize, usize, LoadPlan)>,
-    repeat: usize,
-    smoke: bool,
-    gateway_bin: Option<PathBuf>,
-    json: Option<PathBuf>,
-    users: Option<usize>,
-    /// Record a `perf` profile of the gateway during each window, to this file.
-    perf: Option<PathBuf>,
-    micro: bool,
-    /// The fake thoth's final-result period, in frames.
-    final_every: u64,
-}
-
-fn plan_for(mode: Mode, sessions: Option<usize>, seconds: f64) -> LoadPlan {
-    let sessions = sessions.unwrap_or(match mode {
-        Mode::Sparse => 10_000,
-        Mode::Flood => 100,
-        _ => 1000,
-    });
-    LoadPlan {
-        mode,
-        sessions,
-        seconds,
-        ramp: Duration::from_secs_f64((sessions as f64 / 1000.0).max(1.0)),
-        warmup: Duration::from_secs(1),
-        client_threads: 2,
-        window: 32,
-        concurrency: 64,
-    }
-}
-
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut mode = Mode::Realtime;
-    let mut sessions = None;
-    let mut seconds = 10.0;
-    let mut ramp = None;
-    let mut warmup = None;
-    let mut threads = None;
-    let mut window = None;
-    let mut concurrency = None;
-    let mut direct = true;
-    let mut find_max = false;
-    let (mut from, mut to, mut step) = (1000, 8000, 500);
-    let mut suite = false;
-    let mut opts = Options {
-        figures: Vec::new(),
-        find_max: None,
-        repeat: 1,
-        smoke: false,
-        gateway_bin: None,
-        json: None,
-        users: None,
-        perf: None,
-        micro: false,
-        final_every: thoth::DEFAULT_FINAL_EVERY_FRAMES,
-    };
-    let mut it = args.iter();
-    let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
-        v.ok_or(format!("{name} needs a value"))?
-            .parse::<f64>()
-            .map_err(|e| format!("{name}: {e}"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--mode" => {
-                let m = it.next().ok_or("--mode needs a value")?;
-                mode = Mode::parse(m).ok_or(format!("unknown mode {m:?}"))?;
-            }
-            "--sessions" => sessions = Some(num(it.next(), arg)? as usize),
-            "--seconds" => seconds = num(it.next(), arg)?,
-            "--ramp" => ramp = Some(Duration::from_secs_f64(num(it.next(), arg)?)),
-            "--warmup" => warmup = Some(Duration::from_secs_f64(num(it.next(), arg)?)),
-            "--client-threads" => threads = Some(num(it.next(), arg)? as usize),
-            "--window" => window = Some(num(it.next(), arg)? as usize),
-            "--concurrency" => concurrency = Some(num(it.next(), arg)? as usize),
-            "--users" => opts.users = Some(num(it.next(), arg)?.max(1.0) as usize),
-            "--no-direct" => direct = false,
-            "--final-every" => opts.final_every = (num(it.next(), arg)? as u64).max(1),
-            "--find-max" => find_max = true,
-            "--from" => from = num(it.next(), arg)? as usize,
-            "--to" => to = num(it.next(), arg)? as usize,
-            "--step" => step = (num(it.next(), arg)? as usize).max(1),
-            "--suite" => suite = true,
-            "--micro" => opts.micro = true,
-            "--repeat" => opts.repeat = (num(it.next(), arg)? as usize).max(1),
-            "--smoke" => opts.smoke = true,
-            "--gateway-bin" => {
-                opts.gateway_bin = Some(it.next().ok_or("--gateway-bin needs a path")?.into())
-            }
-            "--perf" => opts.perf = Some(it.next().ok_or("--perf needs a path")?.into()),
-            "--json" => opts.json = Some(it.next().ok_or("--json needs a path")?.into()),
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    if !(seconds > 0.0 && seconds <= 3600.0) {
-        return Err("--seconds must be in (0, 3600]".into());
-    }
-    let customize = |mut plan: LoadPlan| {
-        if let Some(r) = ramp {
-            plan.ramp = r;
-        }
-        if let Some(w) = warmup {
-            plan.warmup = w;
-        }
-        if let Some(t) = threads {
-            plan.client_threads = t.clamp(1, 64);
-        }
-        if let Some(w) = window {
-            plan.window = w.clamp(1, 4096);
-        }
-        if let Some(c) = concurrency {
-            plan.concurrency = c.clamp(1, 4096);
-        }
-        plan
-    };
-    let figure = |name: &str, plan: LoadPlan, direct: bool| Figure {
-        name: name.to_string(),
-        plan,
-        direct,
-    };
-    if opts.smoke {
-        let mut plan = customize(plan_for(Mode::Realtime, Some(20), 2.0));
-        plan.ramp = Duration::from_millis(200);
-        plan.warmup = Duration::from_millis(300);
-        opts.figures.push(figure("smoke", plan, true));
-    } else if suite {
-        for (name, mode, n, with_direct) in [
-            ("realtime-250", Mode::Realtime, 250, true),
-            ("realtime-500", Mode::Realtime, 500, true),
-            ("realtime-1000", Mode::Realtime, 1000, true),
-            ("realtime-3000", Mode::Realtime, 3000, true),
-            ("sparse-10000", Mode::Sparse, 10_000, false),
-            ("flood-100", Mode::Flood, 100, true),
-            ("connect", Mode::Connect, 0, false),
-        ] {
-            let plan = customize(plan_for(mode, Some(n), seconds));
-            opts.figures.push(figure(name, plan, with_direct && direct));
-        }
-    } else if find_max {
-        let plan = customize(plan_for(Mode::Realtime, None, seconds));
-        opts.find_max = Some((from, to.max(from), step, plan));
-    } else {
-        let plan = customize(plan_for(mode, sessions, seconds));
-        let name = if mode == Mode::Connect {
-            "connect".to_string()
-        } else {
-            format!("{}-{}", mode.as_str(), plan.sessions)
-        };
-        let direct = direct && mode != Mode::Connect;
-        opts.figures.push(figure(&name, plan, direct));
-    }
-    Ok(opts)
-}
 
 /// Tokens for `users` users, minted once per run.
 fn mint_tokens(users: usize) -> Result<Arc<Vec<String>>, String> {
@@ -254,7 +73,8 @@ fn run_side(
 ) -> Result<RunRecord, String> {
     let users = opts.users;
     let plan = &figure.plan;
-    let thoth = FakeThoth::start(opts.final_every).map_err(|e| format!("fake thoth: {e}"))?;
+    let thoth = FakeThoth::start(plan.profile.thoth_replies(opts.final_every))
+        .map_err(|e| format!("fake thoth: {e}"))?;
     let load_before = gateway::load_average();
     let (gateway, target) = match side {
         Side::Gateway => {
@@ -271,6 +91,12 @@ fn run_side(
             let tokens = mint_tokens(users)?;
             let addr = gw.addr;
             (Some(gw), Target::Gateway { addr, tokens })
+        }
+        Side::LeanRelay => {
+            let relay = GatewayProcess::start_lean_relay(&thoth.url())?;
+            let tokens = mint_tokens(users.unwrap_or(plan.sessions.clamp(1, 1000)))?;
+            let addr = relay.addr;
+            (Some(relay), Target::Gateway { addr, tokens })
         }
         Side::Direct => (None, Target::Direct { addr: thoth.addr }),
     };
@@ -358,6 +184,9 @@ fn run_figure(
     records: &mut Vec<RunRecord>,
 ) -> Result<(), String> {
     let mut sides = vec![Side::Gateway];
+    if figure.relay {
+        sides.push(Side::LeanRelay);
+    }
     if figure.direct {
         sides.push(Side::Direct);
     }
@@ -381,6 +210,9 @@ fn run_figure(
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(lean_relay::RELAY_FLAG) {
+        return lean_relay::serve_from_env();
+    }
     let opts = match parse_args(&args) {
         Ok(opts) => opts,
         Err(e) => {
@@ -428,18 +260,25 @@ fn run(opts: Options) -> Result<bool, String> {
         run_figure(figure, &binary, &opts, &mut records)?;
     }
     if let Some((from, to, step, plan)) = &opts.find_max {
-        find_max = Some(report::find_max(from, to, step, plan, |figure_plan| {
+        find_max = Some(find_max::find_max(from, to, step, plan, |figure_plan| {
             let figure = Figure {
-                name: format!("find-max-{}", figure_plan.sessions),
+                name: format!(
+                    "find-max-{}-{}",
+                    figure_plan.profile.as_str(),
+                    figure_plan.sessions
+                ),
                 plan: figure_plan,
                 direct: false,
+                // The relay's row at each N, for the ratio; only the
+                // gateway's figures decide pass or fail.
+                relay: opts.find_max_relay,
             };
             let mut one = Vec::new();
             run_figure(&figure, &binary, &opts, &mut one)?;
             records.extend(one);
-            Ok(report::median_record(
-                records.iter().filter(|r| r.figure == figure.name),
-            ))
+            Ok(report::median_record(records.iter().filter(|r| {
+                r.figure == figure.name && r.side == Side::Gateway
+            })))
         })?);
     }
     let table = report::table(&records, opts.repeat);

@@ -127,6 +127,52 @@ impl GatewayProcess {
         }
     }
 
+    /// The lean reference relay (`bench --lean-relay`, this very executable)
+    /// in front of `thoth_url`, as a process of its own like the gateway.
+    pub fn start_lean_relay(thoth_url: &str) -> Result<GatewayProcess, String> {
+        let addr = free_port().map_err(|e| e.to_string())?;
+        let dir = std::env::temp_dir().join(format!("chronus-bench-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("gateway.log")).map_err(|e| e.to_string())?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new(&exe);
+        // SAFETY: as in `start`: the relay dies with its benchmark.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
+            .arg(crate::lean_relay::RELAY_FLAG)
+            .current_dir(&dir)
+            .env("BIND_ADDR", addr.to_string())
+            .env("THOTH_WS_URL", thoth_url)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("cannot start the lean relay: {e}"))?;
+        let mut relay = GatewayProcess { addr, child, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = relay.child.try_wait() {
+                return Err(format!(
+                    "lean relay exited at start ({status}):\n{}",
+                    relay.log_tail()
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(relay);
+            }
+            if Instant::now() > deadline {
+                return Err("the lean relay did not listen in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,5 +1,5 @@
-//! The load generator: browser sessions through the gateway, or the same load
-//! straight to the fake thoth over one mux socket ("direct").
+//! The load generator: browser sessions through the gateway (or the lean
+//! relay), or the same load straight to the fake thoth (`direct.rs`).
 //!
 //! Every run follows one timeline: sessions open along a ramp, stream, and the
 //! measured window starts after the ramp and a warm-up. Only frames sent
@@ -7,49 +7,46 @@
 //! the window or not, is checked against its ack.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use uuid::Uuid;
 
-use crate::audio::{fill_frame, find_ack, Ack, RunningChecksum, FRAME_BYTES, FRAME_INTERVAL};
-use crate::thoth::MUX_SUBPROTOCOL;
+use crate::audio::{find_ack, Ack};
+use crate::direct::direct;
+use crate::profile::Profile;
+pub use crate::track::LoadResult;
+use crate::track::{micros, Track};
 
 /// A connection, handshake included, must succeed within this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the window, sessions have this long to receive their last acks and `done`.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Error texts kept for the report, at most, and at most this many per session.
-const MAX_ERROR_SAMPLES: usize = 24;
-const MAX_ERROR_SAMPLES_PER_SESSION: usize = 2;
+pub const MAX_ERROR_SAMPLES: usize = 24;
+pub const MAX_ERROR_SAMPLES_PER_SESSION: usize = 2;
 /// Sparse sessions send one frame this often.
 const SPARSE_INTERVAL: Duration = Duration::from_secs(1);
 /// Latency histogram range: 1 µs .. 120 s, 3 significant digits.
-const HIST_MAX_US: u64 = 120_000_000;
+pub const HIST_MAX_US: u64 = 120_000_000;
 
-type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// What the sessions do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// 20 ms frames, 50 per second per session.
+    /// One frame per profile interval (20 ms, or chronus's 256 ms).
     Realtime,
     /// As fast as the sockets take it (bounded in-flight window per session).
     Flood,
-    /// One 20 ms frame per second per session: many sessions held.
+    /// One frame per second per session: many sessions held.
     Sparse,
     /// New authenticated sessions per second, until `ready`.
     Connect,
@@ -70,13 +67,6 @@ impl Mode {
             .into_iter()
             .find(|m| m.as_str() == s)
     }
-
-    fn interval(self) -> Duration {
-        match self {
-            Mode::Sparse => SPARSE_INTERVAL,
-            _ => FRAME_INTERVAL,
-        }
-    }
 }
 
 /// Where the load goes.
@@ -95,6 +85,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
     pub mode: Mode,
+    /// Frame size and pace, and how thoth answers.
+    pub profile: Profile,
     pub sessions: usize,
     pub seconds: f64,
     pub ramp: Duration,
@@ -104,6 +96,16 @@ pub struct LoadPlan {
     pub window: usize,
     /// Connect: connections being opened at once.
     pub concurrency: usize,
+}
+
+impl LoadPlan {
+    /// How often a paced session sends a frame.
+    pub fn interval(&self) -> Duration {
+        match self.mode {
+            Mode::Sparse => SPARSE_INTERVAL,
+            _ => self.profile.frame_interval(),
+        }
+    }
 }
 
 /// The instants of a run, shared by every thread.
@@ -127,295 +129,21 @@ impl Timeline {
     }
 
     /// When session `i` of `n` opens.
-    fn start_of(&self, plan: &LoadPlan, i: usize) -> Instant {
+    pub fn start_of(&self, plan: &LoadPlan, i: usize) -> Instant {
         let offset = plan.ramp.mul_f64(i as f64 / plan.sessions.max(1) as f64);
         Instant::from_std(self.t0 + offset)
     }
 
-    fn window_start(&self) -> Instant {
+    pub fn window_start(&self) -> Instant {
         Instant::from_std(self.window_start)
     }
 
-    fn window_end(&self) -> Instant {
+    pub fn window_end(&self) -> Instant {
         Instant::from_std(self.window_end)
     }
 }
 
-/// Every way a session can fail its checks.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Failures {
-    /// TCP connect or WebSocket handshake failed or timed out.
-    pub connect: u64,
-    /// No `ready` within the connect timeout.
-    pub no_ready: u64,
-    /// The gateway (or thoth) sent an `error`.
-    pub error_event: u64,
-    /// An ack whose byte count or checksum is not the next expected one.
-    pub mismatched_ack: u64,
-    /// An ack when no frame was outstanding.
-    pub unexpected_ack: u64,
-    /// Frames never acknowledged (at the end).
-    pub lost_ack: u64,
-    /// Frames skipped: a later frame of the session was acknowledged instead.
-    pub skipped_frame: u64,
-    /// No `done` (or `session.done`) after `end`.
-    pub no_done: u64,
-    /// The socket closed before the session finished.
-    pub closed_early: u64,
-}
-
-impl Failures {
-    pub fn total(&self) -> u64 {
-        self.connect
-            + self.no_ready
-            + self.error_event
-            + self.mismatched_ack
-            + self.unexpected_ack
-            + self.lost_ack
-            + self.skipped_frame
-            + self.no_done
-            + self.closed_early
-    }
-
-    fn add(&mut self, o: &Failures) {
-        self.connect += o.connect;
-        self.no_ready += o.no_ready;
-        self.error_event += o.error_event;
-        self.mismatched_ack += o.mismatched_ack;
-        self.unexpected_ack += o.unexpected_ack;
-        self.lost_ack += o.lost_ack;
-        self.skipped_frame += o.skipped_frame;
-        self.no_done += o.no_done;
-        self.closed_early += o.closed_early;
-    }
-}
-
-/// What one run measured at the client side.
-pub struct LoadResult {
-    /// Frame sent → its ack back, µs, frames sent inside the window.
-    pub latency: Histogram<u64>,
-    /// How late a frame left versus its schedule, µs (load generator health).
-    pub send_lag: Histogram<u64>,
-    /// Connect mode: connect → `ready`, µs.
-    pub connect_latency: Histogram<u64>,
-    pub frames_in_window: u64,
-    pub bytes_in_window: u64,
-    /// Acks received inside the window, and the audio bytes they cover.
-    pub acked_frames_in_window: u64,
-    pub acked_bytes_in_window: u64,
-    pub frames_total: u64,
-    pub acks_total: u64,
-    pub sessions_ready: u64,
-    /// Sessions that became ready only after the window started.
-    pub ready_late: u64,
-    /// Connect mode: sessions that reached `ready` inside the window.
-    pub connects_in_window: u64,
-    pub failures: Failures,
-    pub errors: Vec<String>,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
-}
-
-impl Default for LoadResult {
-    fn default() -> Self {
-        LoadResult {
-            latency: histogram(),
-            send_lag: histogram(),
-            connect_latency: histogram(),
-            frames_in_window: 0,
-            bytes_in_window: 0,
-            acked_frames_in_window: 0,
-            acked_bytes_in_window: 0,
-            frames_total: 0,
-            acks_total: 0,
-            sessions_ready: 0,
-            ready_late: 0,
-            connects_in_window: 0,
-            failures: Failures::default(),
-            errors: Vec::new(),
-        }
-    }
-}
-
-impl LoadResult {
-    fn merge(&mut self, o: LoadResult) {
-        // Same bounds on both sides: adding cannot fail.
-        let _ = self.latency.add(&o.latency);
-        let _ = self.send_lag.add(&o.send_lag);
-        let _ = self.connect_latency.add(&o.connect_latency);
-        self.frames_in_window += o.frames_in_window;
-        self.bytes_in_window += o.bytes_in_window;
-        self.acked_frames_in_window += o.acked_frames_in_window;
-        self.acked_bytes_in_window += o.acked_bytes_in_window;
-        self.frames_total += o.frames_total;
-        self.acks_total += o.acks_total;
-        self.sessions_ready += o.sessions_ready;
-        self.ready_late += o.ready_late;
-        self.connects_in_window += o.connects_in_window;
-        self.failures.add(&o.failures);
-        for e in o.errors {
-            if self.errors.len() < MAX_ERROR_SAMPLES {
-                self.errors.push(e);
-            }
-        }
-    }
-
-    /// Keeps a sample of error texts: a few per session, so that one
-    /// session's many errors do not hide other kinds.
-    fn error(&mut self, text: String) {
-        if self.errors.len() >= MAX_ERROR_SAMPLES {
-            return;
-        }
-        let session = text.split(':').next().unwrap_or_default().to_string();
-        let same = self
-            .errors
-            .iter()
-            .filter(|e| e.split(':').next() == Some(session.as_str()))
-            .count();
-        if same < MAX_ERROR_SAMPLES_PER_SESSION {
-            self.errors.push(text);
-        }
-    }
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, HIST_MAX_US)
-}
-
-/// A frame sent and not yet acknowledged.
-struct Pending {
-    frame: u64,
-    bytes: u64,
-    checksum: u64,
-    sent_at: Instant,
-    in_window: bool,
-}
-
-/// One session's audio and the acks it expects, in order.
-struct Track {
-    session: u32,
-    frames: u64,
-    bytes: u64,
-    checksum: RunningChecksum,
-    pending: VecDeque<Pending>,
-    /// Audio bytes of frames that never reached thoth.
-    lost_bytes: u64,
-    done: bool,
-}
-
-impl Track {
-    fn new(session: u32) -> Track {
-        Track {
-            session,
-            frames: 0,
-            bytes: 0,
-            checksum: RunningChecksum::default(),
-            pending: VecDeque::new(),
-            lost_bytes: 0,
-            done: false,
-        }
-    }
-
-    /// The next frame, with `prefix` (the mux uuid, or nothing) before the audio.
-    fn next_frame(&mut self, prefix: &[u8], tl: &Timeline, result: &mut LoadResult) -> Bytes {
-        let mut frame = vec![0u8; prefix.len() + FRAME_BYTES];
-        frame[..prefix.len()].copy_from_slice(prefix);
-        fill_frame(self.session, self.frames, &mut frame[prefix.len()..]);
-        self.checksum.update(&frame[prefix.len()..]);
-        self.frames += 1;
-        self.bytes += FRAME_BYTES as u64;
-        let now = Instant::now();
-        let in_window = now >= tl.window_start() && now < tl.window_end();
-        if in_window {
-            result.frames_in_window += 1;
-            result.bytes_in_window += FRAME_BYTES as u64;
-        }
-        result.frames_total += 1;
-        self.pending.push_back(Pending {
-            frame: self.frames - 1,
-            bytes: self.bytes,
-            checksum: self.checksum.0,
-            sent_at: now,
-            in_window,
-        });
-        Bytes::from(frame)
-    }
-
-    /// Checks an ack against the oldest outstanding frame.
-    fn on_ack(&mut self, ack: Ack, tl: &Timeline, result: &mut LoadResult) {
-        let now = Instant::now();
-        result.acks_total += 1;
-        // An ack naming a later frame of this session: the frames before it
-        // never reached thoth. Count them once, and go on checking the rest
-        // (thoth still checks every frame's content; from here on the client
-        // checks byte counts and frame numbers, as the checksum includes the
-        // lost audio).
-        if ack.session == self.session {
-            while self.pending.len() > 1 && self.pending[0].frame < ack.frame {
-                let lost = self.pending.pop_front().expect("checked non-empty");
-                self.lost_bytes += FRAME_BYTES as u64;
-                result.failures.skipped_frame += 1;
-                result.error(format!(
-                    "session {}: frame {} never reached thoth (the next ack names frame {})",
-                    self.session, lost.frame, ack.frame
-                ));
-            }
-        }
-        let Some(expected) = self.pending.pop_front() else {
-            result.failures.unexpected_ack += 1;
-            result.error(format!(
-                "session {}: ack for {} bytes with nothing outstanding",
-                self.session, ack.bytes
-            ));
-            return;
-        };
-        let checksum_ok = self.lost_bytes > 0 || expected.checksum == ack.checksum;
-        if expected.bytes - self.lost_bytes != ack.bytes
-            || !checksum_ok
-            || (ack.session, ack.frame) != (self.session, expected.frame)
-        {
-            result.failures.mismatched_ack += 1;
-            result.error(format!(
-                "session {}: ack of {} bytes ending with session {} frame {}, expected {} bytes ending with frame {} (checksum {})",
-                self.session,
-                ack.bytes,
-                ack.session,
-                ack.frame,
-                expected.bytes - self.lost_bytes,
-                expected.frame,
-                if checksum_ok { "equal" } else { "differs" },
-            ));
-        }
-        if expected.in_window {
-            let _ = result.latency.record(micros(now - expected.sent_at));
-        }
-        if now >= tl.window_start() && now < tl.window_end() {
-            result.acked_frames_in_window += 1;
-            result.acked_bytes_in_window += FRAME_BYTES as u64;
-        }
-    }
-
-    /// At the end: whatever is still outstanding was lost.
-    fn finish(&mut self, result: &mut LoadResult) {
-        if !self.pending.is_empty() {
-            result.failures.lost_ack += self.pending.len() as u64;
-            result.error(format!(
-                "session {}: {} frame(s) never acknowledged",
-                self.session,
-                self.pending.len()
-            ));
-            self.pending.clear();
-        }
-        if !self.done {
-            result.failures.no_done += 1;
-            result.error(format!("session {}: no done after end", self.session));
-        }
-    }
-}
-
-fn client_config() -> WebSocketConfig {
+pub fn client_config() -> WebSocketConfig {
     // Small read buffers: 10,000 held sessions must not cost the load
     // generator a gigabyte.
     WebSocketConfig::default()
@@ -600,7 +328,7 @@ async fn gateway_session(
             r.ready_late += 1;
         }
     }
-    let mut track = Track::new(index as u32);
+    let mut track = Track::new(index as u32, plan.profile);
     let outcome = match plan.mode {
         Mode::Flood => flood_session(&mut ws, &mut track, plan, tl, &result).await,
         _ => paced_session(&mut ws, &mut track, plan, tl, &result).await,
@@ -649,7 +377,7 @@ async fn paced_session(
     tl: Timeline,
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
-    let interval = plan.mode.interval();
+    let interval = plan.interval();
     let mut due = Instant::now();
     loop {
         if due >= tl.window_end() {
@@ -731,6 +459,7 @@ async fn finish_session(
     tl: Timeline,
     result: &RefCell<LoadResult>,
 ) -> Result<(), String> {
+    track.ended = true;
     ws.send(Message::text(r#"{"type":"end"}"#))
         .await
         .map_err(|e| format!("send end: {e}"))?;
@@ -797,290 +526,5 @@ async fn connect_worker(
                 r.error("connect + ready timed out".into());
             }
         }
-    }
-}
-
-// ---- straight to the fake thoth ---------------------------------------------
-
-/// Session `i`'s uuid in direct mode: a fixed prefix, then the index.
-fn direct_session_id(i: usize) -> Uuid {
-    Uuid::from_u128(0x6265_6e63_6800_4000_8000_0000_0000_0000 | i as u128)
-}
-
-fn direct_session_index(id: &str) -> Option<usize> {
-    let id = Uuid::parse_str(id).ok()?.as_u128();
-    let i = (id & 0xffff_ffff) as usize;
-    (direct_session_id(i).as_u128() == id).then_some(i)
-}
-
-/// The text between `"<key>":"` and the next quote.
-fn json_str<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let start = text.find(key)? + key.len();
-    let rest = &text[start..];
-    Some(&rest[..rest.find('"')?])
-}
-
-/// What the gateway does upstream, minus the gateway: every session's audio
-/// on one mux socket, the same schedule, the same checks.
-async fn direct(addr: SocketAddr, plan: &LoadPlan, tl: Timeline, result: Rc<RefCell<LoadResult>>) {
-    let ws = match timeout(CONNECT_TIMEOUT, open_mux_socket(addr)).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            let mut r = result.borrow_mut();
-            r.failures.connect += plan.sessions as u64;
-            return r.error(e);
-        }
-        Err(_) => {
-            let mut r = result.borrow_mut();
-            r.failures.connect += plan.sessions as u64;
-            return r.error("mux connect timed out".into());
-        }
-    };
-    let (mut sink, mut stream) = ws.split();
-    let tracks: RefCell<Vec<Track>> =
-        RefCell::new((0..plan.sessions).map(|i| Track::new(i as u32)).collect());
-    let ids: Vec<Uuid> = (0..plan.sessions).map(direct_session_id).collect();
-    let acked = tokio::sync::Notify::new();
-    let ended = std::cell::Cell::new(0usize);
-
-    let writer = async {
-        let outcome: Result<(), String> = async {
-            for id in &ids {
-                let start = format!(
-                    r#"{{"type":"session.start","session_id":"{id}","encoding":"f32le","sample_rate":16000,"offset_ms":0}}"#
-                );
-                sink.feed(Message::text(start)).await.map_err(|e| e.to_string())?;
-            }
-            sink.flush().await.map_err(|e| e.to_string())?;
-            result.borrow_mut().sessions_ready += plan.sessions as u64;
-            match plan.mode {
-                Mode::Flood => direct_flood_writer(&mut sink, &tracks, &ids, plan, tl, &result, &acked).await?,
-                _ => direct_paced_writer(&mut sink, &tracks, &ids, plan, tl, &result).await?,
-            }
-            for id in &ids {
-                let end = format!(r#"{{"type":"session.end","session_id":"{id}"}}"#);
-                sink.feed(Message::text(end)).await.map_err(|e| e.to_string())?;
-            }
-            sink.flush().await.map_err(|e| e.to_string())
-        }
-        .await;
-        if let Err(e) = outcome {
-            result.borrow_mut().error(format!("direct writer: {e}"));
-        }
-    };
-
-    let reader = async {
-        let deadline = tl.window_end() + DRAIN_TIMEOUT;
-        while ended.get() < plan.sessions {
-            let message = match timeout_at(deadline, stream.next()).await {
-                Err(_) => break,
-                Ok(Some(Ok(m))) => m,
-                Ok(_) => {
-                    result.borrow_mut().error("the mux socket closed".into());
-                    break;
-                }
-            };
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let text = text.as_str();
-            let Some(index) = json_str(text, r#""session_id":""#).and_then(direct_session_index)
-            else {
-                result
-                    .borrow_mut()
-                    .error(format!("unroutable: {text:.120}"));
-                continue;
-            };
-            let mut tracks = tracks.borrow_mut();
-            let track = &mut tracks[index];
-            if let Some(ack) = find_ack(text, r#""text":""#) {
-                track.on_ack(ack, &tl, &mut result.borrow_mut());
-                acked.notify_one();
-            } else if text.contains(r#""type":"session.done""#) {
-                track.done = true;
-                ended.set(ended.get() + 1);
-            } else if text.contains(r#""type":"error""#) {
-                let mut r = result.borrow_mut();
-                r.failures.error_event += 1;
-                r.error(format!("thoth error: {text:.160}"));
-                track.done = true;
-                ended.set(ended.get() + 1);
-            }
-        }
-    };
-    futures_util::future::join(writer, reader).await;
-    {
-        let mut r = result.borrow_mut();
-        for track in tracks.borrow_mut().iter_mut() {
-            track.finish(&mut r);
-        }
-    }
-    if let Ok(mut ws) = sink.reunite(stream) {
-        let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
-    }
-}
-
-async fn open_mux_socket(addr: SocketAddr) -> Result<Ws, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut request = format!("ws://{addr}/mux")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(MUX_SUBPROTOCOL),
-    );
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    Ok(ws)
-}
-
-type MuxSink = futures_util::stream::SplitSink<Ws, Message>;
-
-/// Sends each session's frames on its schedule: sessions are bucketed by
-/// the millisecond of their phase, and each millisecond's bucket goes out
-/// with one flush, as the gateway's writer batches what is queued.
-async fn direct_paced_writer(
-    sink: &mut MuxSink,
-    tracks: &RefCell<Vec<Track>>,
-    ids: &[Uuid],
-    plan: &LoadPlan,
-    tl: Timeline,
-    result: &RefCell<LoadResult>,
-) -> Result<(), String> {
-    let interval = plan.mode.interval();
-    let slots = interval.as_millis().max(1) as usize;
-    let mut due: Vec<Instant> = (0..plan.sessions).map(|i| tl.start_of(plan, i)).collect();
-    let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); slots];
-    for (i, d) in due.iter().enumerate() {
-        let phase = (d.into_std() - tl.t0).as_millis() as usize % slots;
-        buckets[phase].push(i);
-    }
-    let mut tick = Instant::from_std(tl.t0);
-    let mut slot = 0usize;
-    while tick < tl.window_end() {
-        sleep_until(tick).await;
-        let now = Instant::now();
-        let mut fed = false;
-        for &i in &buckets[slot] {
-            while due[i] <= now && due[i] < tl.window_end() {
-                let frame = {
-                    let mut r = result.borrow_mut();
-                    if now >= tl.window_start() {
-                        let _ = r.send_lag.record(micros(now - due[i]));
-                    }
-                    tracks.borrow_mut()[i].next_frame(ids[i].as_bytes(), &tl, &mut r)
-                };
-                sink.feed(Message::Binary(frame))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                fed = true;
-                due[i] += interval;
-            }
-        }
-        if fed {
-            sink.flush().await.map_err(|e| e.to_string())?;
-        }
-        tick += Duration::from_millis(1);
-        slot = (slot + 1) % slots;
-    }
-    Ok(())
-}
-
-/// Keeps `plan.window` frames in flight for every session on the one socket.
-async fn direct_flood_writer(
-    sink: &mut MuxSink,
-    tracks: &RefCell<Vec<Track>>,
-    ids: &[Uuid],
-    plan: &LoadPlan,
-    tl: Timeline,
-    result: &RefCell<LoadResult>,
-    acked: &tokio::sync::Notify,
-) -> Result<(), String> {
-    let window = plan.window.max(1);
-    sleep_until(Instant::from_std(tl.t0)).await;
-    while Instant::now() < tl.window_end() {
-        let mut frames = Vec::new();
-        {
-            let mut tracks = tracks.borrow_mut();
-            let mut r = result.borrow_mut();
-            for (i, track) in tracks.iter_mut().enumerate() {
-                while track.pending.len() < window {
-                    frames.push(track.next_frame(ids[i].as_bytes(), &tl, &mut r));
-                }
-            }
-        }
-        for frame in frames {
-            sink.feed(Message::Binary(frame))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        sink.flush().await.map_err(|e| e.to_string())?;
-        let _ = timeout_at(tl.window_end(), acked.notified()).await;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan() -> LoadPlan {
-        LoadPlan {
-            mode: Mode::Realtime,
-            sessions: 1,
-            seconds: 1.0,
-            ramp: Duration::ZERO,
-            warmup: Duration::ZERO,
-            client_threads: 1,
-            window: 1,
-            concurrency: 1,
-        }
-    }
-
-    /// The ack thoth would send after `frames` of `session`.
-    fn ack_after(session: u32, frames: std::ops::Range<u64>) -> Ack {
-        let mut sum = RunningChecksum::default();
-        let mut buf = vec![0; FRAME_BYTES];
-        for f in frames.clone() {
-            fill_frame(session, f, &mut buf);
-            sum.update(&buf);
-        }
-        Ack {
-            bytes: (frames.end - frames.start) * FRAME_BYTES as u64,
-            checksum: sum.0,
-            session,
-            frame: frames.end - 1,
-        }
-    }
-
-    #[tokio::test]
-    async fn exact_acks_pass_and_a_skipped_frame_counts_once() {
-        let tl = Timeline::new(&plan());
-        let mut result = LoadResult::default();
-        let mut track = Track::new(3);
-        for _ in 0..3 {
-            track.next_frame(&[], &tl, &mut result);
-        }
-        track.on_ack(ack_after(3, 0..1), &tl, &mut result);
-        assert_eq!(result.failures.total(), 0);
-
-        let mut lossy = Track::new(3);
-        for _ in 0..3 {
-            lossy.next_frame(&[], &tl, &mut result);
-        }
-        // Frame 0 never reached thoth: thoth's acks cover frames 1.. only.
-        lossy.on_ack(ack_after(3, 1..2), &tl, &mut result);
-        lossy.on_ack(ack_after(3, 1..3), &tl, &mut result);
-        assert_eq!(result.failures.skipped_frame, 1);
-        assert_eq!(result.failures.total(), 1);
-
-        // Another session's ack is cross-talk.
-        track.on_ack(ack_after(4, 0..2), &tl, &mut result);
-        assert_eq!(result.failures.mismatched_ack, 1);
     }
 }

@@ -5,13 +5,15 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::audio::FRAME_INTERVAL;
+use crate::find_max::FindMax;
 use crate::load::{LoadPlan, LoadResult, Mode};
 
 /// Where the load went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Gateway,
+    /// The lean reference relay (examples/bench/lean_relay.rs).
+    LeanRelay,
     Direct,
 }
 
@@ -19,6 +21,7 @@ impl Side {
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Gateway => "gateway",
+            Side::LeanRelay => "relay",
             Side::Direct => "direct",
         }
     }
@@ -291,7 +294,7 @@ fn grouped(records: &[RunRecord]) -> Vec<(String, Side, Figures, usize)> {
         .collect()
 }
 
-fn cell(v: f64, decimals: usize) -> String {
+pub fn cell(v: f64, decimals: usize) -> String {
     if v.is_nan() {
         "-".into()
     } else {
@@ -339,6 +342,24 @@ pub fn table(records: &[RunRecord], repeat: usize) -> String {
             cell(f["send_lag_p99_ms"], 1),
             cell(f["load_1m"], 2),
         );
+        if *side == Side::LeanRelay {
+            if let Some((_, _, g, _)) = groups
+                .iter()
+                .find(|(name, s, _, _)| name == figure && *s == Side::Gateway)
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<8} µs/frame ×{}  p99 ×{}  peak RSS ×{} ({} ÷ {} MiB)   (gateway ÷ lean relay)",
+                    figure,
+                    "ratio",
+                    cell(g["gw_us_per_frame"] / f["gw_us_per_frame"], 2),
+                    cell(g["p99_ms"] / f["p99_ms"], 2),
+                    cell(g["rss_peak_mib"] / f["rss_peak_mib"], 2),
+                    cell(g["rss_peak_mib"], 1),
+                    cell(f["rss_peak_mib"], 1),
+                );
+            }
+        }
         if *side == Side::Direct {
             if let Some((_, _, g, _)) = groups
                 .iter()
@@ -360,97 +381,6 @@ pub fn table(records: &[RunRecord], repeat: usize) -> String {
         }
     }
     out
-}
-
-/// The outcome of `--find-max`.
-pub struct FindMax {
-    pub largest_passing: Option<usize>,
-    /// Largest N with p99 < 50 ms and the full frame rate, failures aside.
-    pub largest_keeping_up: Option<usize>,
-    pub trials: Vec<(usize, bool, Figures)>,
-}
-
-impl std::fmt::Display for FindMax {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "find-max (pass: zero failures, p99 < 50 ms, ≥ 98% of the real-time frame rate):"
-        )?;
-        for (n, pass, fig) in &self.trials {
-            writeln!(
-                f,
-                "  N={n:<6} {}  p99 {} ms, {} failures, {} frames/s of {}",
-                if *pass { "pass" } else { "FAIL" },
-                cell(fig["p99_ms"], 2),
-                cell(fig["failures"], 0),
-                cell(fig["frames_per_s"], 0),
-                *n as f64 / FRAME_INTERVAL.as_secs_f64(),
-            )?;
-        }
-        match self.largest_passing {
-            Some(n) => writeln!(f, "largest passing N: {n}")?,
-            None => writeln!(f, "no N passed")?,
-        }
-        match self.largest_keeping_up {
-            Some(n) => write!(
-                f,
-                "largest N with p99 < 50 ms at full rate (failures aside): {n}"
-            ),
-            None => write!(f, "no N kept p99 < 50 ms at full rate"),
-        }
-    }
-}
-
-/// Whether a real-time run meets the target.
-pub fn passes(n: usize, f: &Figures) -> bool {
-    f["failures"] == 0.0 && keeps_up(n, f)
-}
-
-/// p99 under 50 ms at ≥ 98% of the real-time frame rate, failures aside.
-pub fn keeps_up(n: usize, f: &Figures) -> bool {
-    let expected = n as f64 / FRAME_INTERVAL.as_secs_f64();
-    f["p99_ms"] < 50.0 && f["frames_per_s"] >= 0.98 * expected
-}
-
-/// Raises N from `from` by `step` until two runs in a row miss the latency or
-/// rate target (or `to` is passed).
-pub fn find_max(
-    from: &usize,
-    to: &usize,
-    step: &usize,
-    plan: &LoadPlan,
-    mut run: impl FnMut(LoadPlan) -> Result<Figures, String>,
-) -> Result<FindMax, String> {
-    let mut out = FindMax {
-        largest_passing: None,
-        largest_keeping_up: None,
-        trials: Vec::new(),
-    };
-    let mut n = *from;
-    let mut misses = 0;
-    while n <= *to {
-        let mut trial = plan.clone();
-        trial.sessions = n;
-        trial.ramp = std::time::Duration::from_secs_f64((n as f64 / 1000.0).max(1.0));
-        let figures = run(trial)?;
-        let pass = passes(n, &figures);
-        let keeps_up = keeps_up(n, &figures);
-        out.trials.push((n, pass, figures));
-        if pass {
-            out.largest_passing = Some(n);
-        }
-        if keeps_up {
-            out.largest_keeping_up = Some(n);
-            misses = 0;
-        } else {
-            misses += 1;
-            if misses == 2 {
-                break; // past capacity: larger N only take longer to fail
-            }
-        }
-        n += *step;
-    }
-    Ok(out)
 }
 
 fn figures_json(f: &Figures) -> Value {

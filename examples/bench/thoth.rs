@@ -1,13 +1,14 @@
 //! A fast fake thoth speaking mux v1 (PROTOCOL.md 3.1), in-process on its own
 //! thread and runtime.
 //!
-//! For every binary audio frame it answers a result whose text is
-//! `ack <cumulative bytes> <running checksum>`, so the load generator can
-//! time each frame and verify its content. Like a real thoth it finalises
-//! what it heard now and then: every `--final-every` frames of a session's
-//! audio (default 50: one second) the reply is a final result with
-//! `start`/`end`, which lets the
-//! gateway drop that audio from its resume buffer; `session.end` → `session.done`;
+//! Its results' text is `ack <cumulative bytes> <running checksum> <last
+//! frame>`, so the load generator can time frames and verify their content.
+//! Realtime profile: every binary audio frame is answered, and every
+//! `--final-every` frames of a session's audio (default 50: one second) the
+//! reply is a final result with `start`/`end`, which lets the gateway drop
+//! that audio from its resume buffer. Chronus profile: like today's thoth, only
+//! a final result per ~3 s of a session's audio, nothing in between.
+//! `session.end` → a final for any audio not yet answered, then `session.done`;
 //! `session.cancel` forgets the session. Replies to everything already read
 //! are written with one flush, as a real thoth serving many sessions would.
 
@@ -26,14 +27,12 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::audio::{ack_text, check_frame, RunningChecksum};
+use crate::profile::{ThothReplies, BYTES_PER_SECOND};
 
 /// The subprotocol the gateway offers and thoth must select.
 pub const MUX_SUBPROTOCOL: &str = "thoth.mux.v1";
 /// Replies buffered before a flush, at most.
 const MAX_REPLIES_PER_FLUSH: usize = 1024;
-/// The load generator's audio: f32le at 16 kHz, 20 ms frames.
-const BYTES_PER_SECOND: u64 = 16_000 * 4;
-const BYTES_PER_FRAME: u64 = BYTES_PER_SECOND / 50;
 /// By default a final result once per second of audio; every other reply
 /// is an interim one.
 pub const DEFAULT_FINAL_EVERY_FRAMES: u64 = 50;
@@ -79,11 +78,9 @@ pub struct FakeThoth {
 }
 
 impl FakeThoth {
-    /// Binds 127.0.0.1:0 and serves on a thread of its own.
-    /// `final_every_frames`: a session's reply is a final result once per
-    /// this many of its frames.
-    pub fn start(final_every_frames: u64) -> std::io::Result<FakeThoth> {
-        let final_every_bytes = final_every_frames.max(1) * BYTES_PER_FRAME;
+    /// Binds 127.0.0.1:0 and serves on a thread of its own, answering as
+    /// `replies` says.
+    pub fn start(replies: ThothReplies) -> std::io::Result<FakeThoth> {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
@@ -109,7 +106,7 @@ impl FakeThoth {
                             let stats = thread_stats.clone();
                             let stop = thread_stop.clone();
                             tokio::task::spawn_local(async move {
-                                let _ = serve(stream, stats, stop, final_every_bytes).await;
+                                let _ = serve(stream, stats, stop, replies).await;
                             });
                         }
                     }
@@ -170,13 +167,15 @@ struct Session {
     last: (u32, u64),
     /// Bytes up to the end of the last final result.
     finalised: u64,
+    /// Bytes covered by the last result, final or not.
+    answered: u64,
 }
 
 async fn serve(
     stream: TcpStream,
     stats: Arc<ThothStats>,
     stop: Arc<AtomicBool>,
-    final_every_bytes: u64,
+    policy: ThothReplies,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default()
@@ -190,14 +189,7 @@ async fn serve(
     let mut replies: Vec<Message> = Vec::with_capacity(MAX_REPLIES_PER_FLUSH);
     let mut scratch = Vec::new();
     let mut handle = |message, sessions: &mut _, replies: &mut _| {
-        handle(
-            message,
-            sessions,
-            replies,
-            &stats,
-            &mut scratch,
-            final_every_bytes,
-        )
+        handle(message, sessions, replies, &stats, &mut scratch, policy)
     };
     while !stop.load(Ordering::Relaxed) {
         let first = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
@@ -233,7 +225,7 @@ fn handle(
     replies: &mut Vec<Message>,
     stats: &ThothStats,
     scratch: &mut Vec<u8>,
-    final_every_bytes: u64,
+    policy: ThothReplies,
 ) -> bool {
     match message {
         Message::Binary(frame) => {
@@ -271,22 +263,16 @@ fn handle(
             }
             session.bytes += audio.len() as u64;
             session.checksum.update(audio);
-            let text = ack_text(session.bytes, session.checksum, session.last);
-            let reply = if session.bytes - session.finalised >= final_every_bytes {
-                let start = session.finalised as f64 / BYTES_PER_SECOND as f64;
-                let end = session.bytes as f64 / BYTES_PER_SECOND as f64;
-                session.finalised = session.bytes;
-                format!(
-                    r#"{{"type":"transcription","session_id":"{}","text":"{text}","is_final":true,"start":{start},"end":{end}}}"#,
-                    session.id_text
-                )
-            } else {
-                format!(
+            if session.bytes - session.finalised >= policy.final_every_bytes {
+                replies.push(final_reply(session));
+            } else if policy.every_frame {
+                session.answered = session.bytes;
+                let text = ack_text(session.bytes, session.checksum, session.last);
+                replies.push(Message::text(format!(
                     r#"{{"type":"transcription","session_id":"{}","text":"{text}","is_final":false}}"#,
                     session.id_text
-                )
-            };
-            replies.push(Message::text(reply));
+                )));
+            }
         }
         Message::Text(text) => on_command(text.as_str(), sessions, replies, stats),
         Message::Close(_) => return true,
@@ -324,12 +310,17 @@ fn on_command(
                     expected: None,
                     last: (u32::MAX, u64::MAX),
                     finalised: 0,
+                    answered: 0,
                 },
             );
         }
         Some("session.end") => {
             stats.ends.fetch_add(1, Ordering::Relaxed);
-            if sessions.remove(&id).is_some() {
+            if let Some(mut session) = sessions.remove(&id) {
+                // Thoth finalises what it has not answered yet before it is done.
+                if session.answered < session.bytes {
+                    replies.push(final_reply(&mut session));
+                }
                 replies.push(Message::text(format!(
                     r#"{{"type":"session.done","session_id":"{id}"}}"#
                 )));
@@ -346,6 +337,19 @@ fn on_command(
             stats.bad_frames.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A final result for everything since the last final; marks it answered.
+fn final_reply(session: &mut Session) -> Message {
+    let text = ack_text(session.bytes, session.checksum, session.last);
+    let start = session.finalised as f64 / BYTES_PER_SECOND as f64;
+    let end = session.bytes as f64 / BYTES_PER_SECOND as f64;
+    session.finalised = session.bytes;
+    session.answered = session.bytes;
+    Message::text(format!(
+        r#"{{"type":"transcription","session_id":"{}","text":"{text}","is_final":true,"start":{start},"end":{end}}}"#,
+        session.id_text
+    ))
 }
 
 fn error_reply(id: &Uuid, code: &str) -> Message {
