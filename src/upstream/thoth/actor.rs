@@ -29,7 +29,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::{ClientHandle, EndSession, Subscribe, Unsubscribe, UpstreamEvent};
 
 use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
-use super::socket::{Link, PING_INTERVAL};
+use super::socket::{ThothSocket, PING_INTERVAL};
 
 /// How often sessions whose ClientActor died without unsubscribing (e.g. it
 /// stopped while its subscription was in flight) are swept out.
@@ -87,7 +87,7 @@ pub struct ThothUpstreamActor<P: EndpointProtocol> {
     pub(super) sessions: HashMap<Uuid, SessionSlot>,
     /// Shared with the pool, which reads it to pick an endpoint.
     pub(super) ref_count: Arc<AtomicUsize>,
-    pub(super) link: Link,
+    pub(super) link: ThothSocket,
     pub(super) generation: u64,
     pub(super) idle_timer: Option<SpawnHandle>,
     pub(super) reconnects: u64,
@@ -106,7 +106,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             display_url,
             sessions: HashMap::new(),
             ref_count,
-            link: Link::Down,
+            link: ThothSocket::Down,
             generation: 0,
             idle_timer: None,
             reconnects: 0,
@@ -137,7 +137,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             }
             return;
         }
-        if matches!(self.link, Link::Down) || self.idle_timer.is_some() {
+        if matches!(self.link, ThothSocket::Down) || self.idle_timer.is_some() {
             return;
         }
         let delay = P::idle_close(&self.config);
@@ -307,7 +307,7 @@ impl<P: EndpointProtocol> Actor for ThothUpstreamActor<P> {
         ctx.run_interval(DEAD_CLIENT_SWEEP_INTERVAL, |act, ctx| {
             act.sweep_clients(ctx)
         });
-        self.set_link(Link::Down);
+        self.set_link(ThothSocket::Down);
         monitor::publish_ref_count(&self.display_url, 0);
     }
 }
@@ -370,7 +370,7 @@ impl<P: EndpointProtocol> Handler<GetSnapshot> for ThothUpstreamActor<P> {
             ref_count: self.sessions.len(),
             session_ids,
             connected_since: match &self.link {
-                Link::Open(socket) => Some(socket.since),
+                ThothSocket::Open(socket) => Some(socket.since),
                 _ => None,
             },
             reconnects: self.reconnects,

@@ -25,7 +25,7 @@ use super::actor::{SessionSlot, ThothUpstreamActor};
 use super::audio_route::AudioRoute;
 use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
 use super::monitor::Refusal;
-use super::socket::Link;
+use super::socket::ThothSocket;
 use crate::audio::AudioFormat;
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::connect::{ConnectFailure, Connected};
@@ -190,7 +190,7 @@ impl LegacyThothActor {
         let session_id = msg.session_id;
         self.sessions
             .insert(session_id, SessionSlot::waiting(msg, route.clone()));
-        if matches!(self.link, Link::Open(_)) {
+        if matches!(self.link, ThothSocket::Open(_)) {
             // The last session's socket, not closed yet: thoth's buffer
             // resets only when it closes, so a new session gets a new one.
             self.close_link(ctx, CloseCode::Normal);

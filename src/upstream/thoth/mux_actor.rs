@@ -26,7 +26,7 @@ use super::audio_route::AudioRoute;
 use super::endpoint::{EndpointProtocol, ThothEndpointConfig};
 use super::monitor;
 use super::resume::{self, ReplayBuffer};
-use super::socket::Link;
+use super::socket::ThothSocket;
 use crate::audio::AudioFormat;
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::connect::{ConnectFailure, Connected};
@@ -74,9 +74,9 @@ impl EndpointProtocol for Mux {
         );
         act.sessions_changed(ctx);
         match act.link {
-            Link::Open(_) => act.start_session(session_id, ctx),
-            Link::Down => act.connect(ctx),
-            Link::Connecting { .. } => {}
+            ThothSocket::Open(_) => act.start_session(session_id, ctx),
+            ThothSocket::Down => act.connect(ctx),
+            ThothSocket::Connecting { .. } => {}
         }
         Response::reply(Ok(route))
     }
@@ -93,7 +93,7 @@ impl EndpointProtocol for Mux {
             );
             log::error!("thoth {}: configuration error: {problem}", act.display_url);
             act.last_error = Some(problem);
-            act.set_link(Link::Down);
+            act.set_link(ThothSocket::Down);
             act.protocol.resume_deadline = None;
             act.fail_all(GatewayError::new(ErrorCode::ThothUnavailable), ctx);
             return;
@@ -148,7 +148,7 @@ impl EndpointProtocol for Mux {
             act.display_url
         );
         ctx.run_later(pause, |act, ctx| {
-            if matches!(act.link, Link::Down) && !act.sessions.is_empty() {
+            if matches!(act.link, ThothSocket::Down) && !act.sessions.is_empty() {
                 act.connect(ctx);
             }
         });

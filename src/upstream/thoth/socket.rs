@@ -40,19 +40,20 @@ pub struct OpenSocket {
     last_pong: Instant,
 }
 
-/// The endpoint's socket.
-pub enum Link {
+/// The endpoint's socket (named apart from [`crate::upstream::UpstreamLink`],
+/// which is a session's handle on its upstream actor).
+pub enum ThothSocket {
     Down,
     Connecting { generation: u64 },
     Open(OpenSocket),
 }
 
-impl Link {
+impl ThothSocket {
     pub(super) fn state(&self) -> LinkState {
         match self {
-            Link::Down => LinkState::Down,
-            Link::Connecting { .. } => LinkState::Connecting,
-            Link::Open(_) => LinkState::Open,
+            ThothSocket::Down => LinkState::Down,
+            ThothSocket::Connecting { .. } => LinkState::Connecting,
+            ThothSocket::Open(_) => LinkState::Open,
         }
     }
 }
@@ -76,10 +77,10 @@ pub struct WriterFailed {
 impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     /// Whether the open socket is the one of `generation`.
     pub(super) fn socket_is(&self, generation: u64) -> bool {
-        matches!(&self.link, Link::Open(socket) if socket.generation == generation)
+        matches!(&self.link, ThothSocket::Open(socket) if socket.generation == generation)
     }
 
-    pub(super) fn set_link(&mut self, link: Link) {
+    pub(super) fn set_link(&mut self, link: ThothSocket) {
         self.link = link;
         monitor::publish_link_state(&self.display_url, self.link.state());
     }
@@ -107,7 +108,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
         let generation = self.generation;
-        self.set_link(Link::Connecting { generation });
+        self.set_link(ThothSocket::Connecting { generation });
         let target = self.target();
         let url = self.display_url.clone();
         let backoff = self.config.retry_base;
@@ -134,7 +135,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
         result: Result<connect::Connected, ConnectFailure>,
         ctx: &mut Context<Self>,
     ) {
-        if !matches!(self.link, Link::Connecting { generation: g } if g == generation) {
+        if !matches!(self.link, ThothSocket::Connecting { generation: g } if g == generation) {
             return; // superseded (e.g. every session left and the link was reset)
         }
         match result {
@@ -145,7 +146,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
 
     fn on_connect_failure(&mut self, failure: ConnectFailure, ctx: &mut Context<Self>) {
         self.last_error = Some(failure.to_string());
-        self.set_link(Link::Down);
+        self.set_link(ThothSocket::Down);
         if P::retry_connect(self, &failure, ctx) {
             return;
         }
@@ -172,7 +173,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             .map(move |frame| Inbound::Frame(generation, frame))
             .chain(stream::once(async move { Inbound::Ended(generation) }));
         let reader = ctx.add_stream(frames);
-        self.set_link(Link::Open(OpenSocket {
+        self.set_link(ThothSocket::Open(OpenSocket {
             generation,
             writer,
             reader,
@@ -187,7 +188,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     /// The open socket's writer.
     pub(super) fn writer(&self) -> Option<&SocketWriter> {
         match &self.link {
-            Link::Open(socket) => Some(&socket.writer),
+            ThothSocket::Open(socket) => Some(&socket.writer),
             _ => None,
         }
     }
@@ -207,7 +208,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     }
 
     pub(super) fn close_link(&mut self, ctx: &mut Context<Self>, code: CloseCode) {
-        if let Link::Open(socket) = std::mem::replace(&mut self.link, Link::Down) {
+        if let ThothSocket::Open(socket) = std::mem::replace(&mut self.link, ThothSocket::Down) {
             ctx.cancel_future(socket.reader);
             // The writer flushes what is queued, sends the close frame and
             // ends. A peer that stopped reading would keep it (and its queue)
@@ -220,13 +221,13 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
             });
         }
         self.generation += 1;
-        self.set_link(Link::Down);
+        self.set_link(ThothSocket::Down);
     }
 
     /// The socket died under us (closed, errored, stalled, no pongs): the
     /// protocol decides what becomes of its sessions.
     pub(super) fn link_lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        if matches!(self.link, Link::Down) {
+        if matches!(self.link, ThothSocket::Down) {
             return;
         }
         log::warn!(
@@ -269,7 +270,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     }
 
     pub(super) fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let Link::Open(socket) = &self.link else {
+        let ThothSocket::Open(socket) = &self.link else {
             return;
         };
         if socket.last_pong.elapsed() > PING_INTERVAL * MISSED_PONGS_ALLOWED + PING_INTERVAL / 2 {
@@ -283,7 +284,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
 impl<P: EndpointProtocol> StreamHandler<Inbound> for ThothUpstreamActor<P> {
     fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
         let current = match &self.link {
-            Link::Open(socket) => socket.generation,
+            ThothSocket::Open(socket) => socket.generation,
             _ => return,
         };
         match item {
@@ -302,7 +303,7 @@ impl<P: EndpointProtocol> StreamHandler<Inbound> for ThothUpstreamActor<P> {
                 }
                 Frame::Ping(payload) => self.send(WsMessage::Pong(payload), ctx),
                 Frame::Pong(_) => {
-                    if let Link::Open(socket) = &mut self.link {
+                    if let ThothSocket::Open(socket) = &mut self.link {
                         socket.last_pong = Instant::now();
                     }
                 }
@@ -326,7 +327,7 @@ impl<P: EndpointProtocol> Handler<WriterFailed> for ThothUpstreamActor<P> {
     type Result = ();
 
     fn handle(&mut self, msg: WriterFailed, ctx: &mut Context<Self>) {
-        if matches!(&self.link, Link::Open(socket) if socket.generation == msg.generation) {
+        if matches!(&self.link, ThothSocket::Open(socket) if socket.generation == msg.generation) {
             self.link_lost(&msg.reason, ctx);
         }
     }
