@@ -22,6 +22,7 @@ use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
 
+use super::audio_budget::AUDIO_BUDGET;
 use super::connect::WsFramed;
 use crate::metrics;
 
@@ -40,6 +41,9 @@ pub const MISTRAL_MAX_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// How long a writer over its watch mark may write nothing before its peer
 /// counts as not reading.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How often a sender paused only by the process-wide audio budget looks
+/// whether it has room again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(20);
 /// After our close frame, the Mistral socket's TCP connection stays open this
 /// long: a peer that reads the close frame and the FIN in one go may report a
 /// broken connection instead of a clean close (actix-web servers do). The
@@ -63,6 +67,9 @@ pub struct WriterPolicy {
     pub max_queued_bytes: usize,
     /// How long TCP stays open after our close frame.
     pub close_linger: Duration,
+    /// Whether live bytes count against the process-wide audio budget
+    /// (`AUDIO_BUFFER_BUDGET_BYTES`); senders also pause while it is nearly spent.
+    pub budgeted: bool,
 }
 
 impl WriterPolicy {
@@ -75,6 +82,7 @@ impl WriterPolicy {
         stall_after: STALL_AFTER,
         max_queued_bytes: THOTH_MAX_QUEUE_BYTES,
         close_linger: Duration::ZERO,
+        budgeted: true,
     };
 
     /// A Mistral session's own socket: one bound, reached means stalled.
@@ -85,6 +93,7 @@ impl WriterPolicy {
         stall_after: STALL_AFTER,
         max_queued_bytes: MISTRAL_MAX_QUEUE_BYTES,
         close_linger: MISTRAL_CLOSE_LINGER,
+        budgeted: false,
     };
 
     fn congested(&self, queued: usize) -> bool {
@@ -118,8 +127,10 @@ struct Outgoing {
 /// What the writer task shares with every sender: its policy and progress.
 struct Progress {
     policy: WriterPolicy,
-    /// Live bytes handed to the writer and not yet taken from the queue.
-    queued_bytes: AtomicUsize,
+    /// Live bytes handed to the writer and not yet taken from the queue;
+    /// shared with the writer's owner, who may read it lock-free (the thoth
+    /// pool's admission check) and hands it on to the next socket's writer.
+    queued_bytes: Arc<AtomicUsize>,
     /// Frames the writer handed to the socket: its progress.
     written: AtomicU64,
     /// When the queue went over its watch mark, and the written count then.
@@ -135,15 +146,35 @@ struct Progress {
 }
 
 impl Progress {
+    /// This queue over its congestion mark, or the process's audio budget
+    /// nearly spent: senders pause.
     fn congested(&self) -> bool {
+        self.locally_congested() || (self.policy.budgeted && AUDIO_BUDGET.senders_pause())
+    }
+
+    fn locally_congested(&self) -> bool {
         self.policy
             .congested(self.queued_bytes.load(Ordering::SeqCst))
+    }
+
+    fn count(&self, bytes: usize) {
+        self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        if self.policy.budgeted {
+            AUDIO_BUDGET.add(bytes);
+        }
+    }
+
+    fn uncount(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        if self.policy.budgeted {
+            AUDIO_BUDGET.release(bytes);
+        }
     }
 
     /// The writer took a frame from the queue: its bytes no longer count,
     /// and paused senders wake once the queue is below the congestion mark.
     fn took(&self, counted: usize) {
-        self.queued_bytes.fetch_sub(counted, Ordering::SeqCst);
+        self.uncount(counted);
         self.release_paused(false);
     }
 
@@ -189,7 +220,20 @@ impl SocketWriter {
         policy: WriterPolicy,
         on_failure: impl Fn(String) + Send + Sync + 'static,
     ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
-        let (writer, queue) = Self::unattached(policy, Arc::new(on_failure));
+        Self::spawn_counted(sink, policy, Arc::default(), on_failure)
+    }
+
+    /// [`Self::spawn_joinable`], counting the live bytes it queues in
+    /// `queued_bytes` too (shared by every socket of one thoth endpoint, so
+    /// admission can read it without asking the endpoint's actor). Whatever
+    /// is still queued when the writer ends is uncounted then.
+    pub fn spawn_counted(
+        sink: SplitSink<WsFramed, WsMessage>,
+        policy: WriterPolicy,
+        queued_bytes: Arc<AtomicUsize>,
+        on_failure: impl Fn(String) + Send + Sync + 'static,
+    ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
+        let (writer, queue) = Self::unattached(policy, queued_bytes, Arc::new(on_failure));
         let task = actix_rt::spawn(run_writer(
             sink,
             queue,
@@ -202,12 +246,13 @@ impl SocketWriter {
     /// A handle and the queue it feeds, before a writer task takes the queue.
     fn unattached(
         policy: WriterPolicy,
+        queued_bytes: Arc<AtomicUsize>,
         on_failure: OnFailure,
     ) -> (SocketWriter, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbound, queue) = mpsc::unbounded_channel::<Outgoing>();
         let progress = Arc::new(Progress {
             policy,
-            queued_bytes: AtomicUsize::new(0),
+            queued_bytes,
             written: AtomicU64::new(0),
             over_watch: Mutex::new(None),
             watching: AtomicBool::new(false),
@@ -290,12 +335,20 @@ impl SocketWriter {
                     return;
                 }
                 let written = progress.written.load(Ordering::Relaxed);
-                match actix_rt::time::timeout(progress.policy.stall_after, notified).await {
+                // Paused only by the process budget (other sockets hold it):
+                // this writer wakes nobody, so look again soon.
+                let local = progress.locally_congested();
+                let wait = if local {
+                    progress.policy.stall_after
+                } else {
+                    BUDGET_RECHECK
+                };
+                match actix_rt::time::timeout(wait, notified).await {
                     // Below the mark once: the sender runs again (handles its
                     // events, sends its next frame), even if others have
                     // filled the queue meanwhile — every sender progresses.
                     Ok(()) => return,
-                    Err(_) if progress.written.load(Ordering::Relaxed) == written => {
+                    Err(_) if local && progress.written.load(Ordering::Relaxed) == written => {
                         writer.report_not_reading("no write progress");
                         return;
                     }
@@ -314,13 +367,9 @@ impl SocketWriter {
 
     fn enqueue(&self, outgoing: Outgoing) -> Result<(), SendFailure> {
         let counted = outgoing.counted;
-        self.progress
-            .queued_bytes
-            .fetch_add(counted, Ordering::Relaxed);
+        self.progress.count(counted);
         self.outbound.send(outgoing).map_err(|_| {
-            self.progress
-                .queued_bytes
-                .fetch_sub(counted, Ordering::Relaxed);
+            self.progress.uncount(counted);
             SendFailure::Closed
         })
     }
@@ -366,10 +415,15 @@ impl SocketWriter {
 /// until a close frame was written or every sender is gone.
 async fn run_writer(
     mut sink: SplitSink<WsFramed, WsMessage>,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    queue: mpsc::UnboundedReceiver<Outgoing>,
     progress: Arc<Progress>,
     on_failure: OnFailure,
 ) {
+    let mut queue = Unwritten {
+        queue,
+        progress: progress.clone(),
+    };
+    let queue = &mut queue.queue;
     // Receive times of the audio in the current batch, observed once the
     // batch is flushed to the socket.
     let mut stamps: Vec<Instant> = Vec::new();
@@ -404,6 +458,22 @@ async fn run_writer(
     progress.release_paused(true);
     if let Err(e) = result {
         on_failure(format!("write failed: {e}"));
+    }
+}
+
+/// The writer's queue; when the writer ends (or is aborted), what it did not
+/// write is uncounted, so the shared counts do not keep a dead socket's bytes.
+struct Unwritten {
+    queue: mpsc::UnboundedReceiver<Outgoing>,
+    progress: Arc<Progress>,
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        self.queue.close();
+        while let Ok(outgoing) = self.queue.try_recv() {
+            self.progress.uncount(outgoing.counted);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ const SMALL: WriterPolicy = WriterPolicy {
     stall_after: STALL_AFTER,
     max_queued_bytes: 400,
     close_linger: Duration::ZERO,
+    budgeted: false,
 };
 
 /// A handle, its queue, and what its owner was told.
@@ -26,7 +27,7 @@ fn writer(
     let told = Arc::new(Mutex::new(Vec::new()));
     let sink = told.clone();
     let on_failure: OnFailure = Arc::new(move |reason| sink.lock().unwrap().push(reason));
-    let (writer, queue) = SocketWriter::unattached(policy, on_failure);
+    let (writer, queue) = SocketWriter::unattached(policy, Arc::default(), on_failure);
     (writer, queue, told)
 }
 
