@@ -1,13 +1,17 @@
 //! The process-wide audio-buffer budget (`AUDIO_BUFFER_BUDGET_BYTES`): one
 //! count of the live audio bytes queued toward every thoth socket, read
-//! lock-free by admission (new sessions are refused above 80% of it) and by
-//! the writers (senders pause above 90% of it, so the budget holds).
+//! lock-free by admission (new sessions are refused above 80% of it), by the
+//! writers (senders pause above 90% of it) and by each sender before it
+//! queues a frame (a frame that would cross the budget waits for room).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Default budget: sized for a 2-core / 24 GiB machine, where a few seconds
 /// of audio for thousands of sessions fit many times over.
 pub const DEFAULT_AUDIO_BUFFER_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// How often a sender waiting for room in the budget looks again.
+const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Bytes counted against a budget, and the budget.
 #[derive(Debug)]
@@ -55,6 +59,24 @@ impl AudioBudget {
         }
     }
 
+    /// Whether `bytes` more stay within the budget (always, when nothing is
+    /// queued: a frame larger than the whole budget must still go out).
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        let used = self.used();
+        used == 0 || used + bytes <= self.limit()
+    }
+
+    /// Resolves once [`Self::has_room_for`] `bytes`. The writers free room
+    /// as they write (or as a given-up socket drops its queue), from other
+    /// threads: looked at every few milliseconds rather than woken.
+    pub fn room_for(&'static self, bytes: usize) -> impl std::future::Future<Output = ()> {
+        async move {
+            while !self.has_room_for(bytes) {
+                actix_rt::time::sleep(ROOM_RECHECK).await;
+            }
+        }
+    }
+
     /// Over 80%: new sessions are refused (`THOTH_BUSY`, at capacity).
     pub fn refuses_new_sessions(&self) -> bool {
         self.used() > self.limit() / 10 * 8
@@ -85,6 +107,17 @@ mod tests {
         budget.release(901);
         assert_eq!(budget.used(), 0);
         assert!(!budget.refuses_new_sessions() && !budget.senders_pause());
+    }
+
+    #[test]
+    fn a_frame_fits_only_within_the_budget_unless_nothing_is_queued() {
+        let budget = AudioBudget::new(100);
+        assert!(budget.has_room_for(500), "an empty budget takes any frame");
+        budget.add(60);
+        assert!(budget.has_room_for(40));
+        assert!(!budget.has_room_for(41));
+        budget.release(60);
+        assert!(budget.has_room_for(41));
     }
 
     #[test]
