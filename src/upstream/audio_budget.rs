@@ -69,11 +69,9 @@ impl AudioBudget {
     /// Resolves once [`Self::has_room_for`] `bytes`. The writers free room
     /// as they write (or as a given-up socket drops its queue), from other
     /// threads: looked at every few milliseconds rather than woken.
-    pub fn room_for(&'static self, bytes: usize) -> impl std::future::Future<Output = ()> {
-        async move {
-            while !self.has_room_for(bytes) {
-                actix_rt::time::sleep(ROOM_RECHECK).await;
-            }
+    pub async fn room_for(&'static self, bytes: usize) {
+        while !self.has_room_for(bytes) {
+            actix_rt::time::sleep(ROOM_RECHECK).await;
         }
     }
 
