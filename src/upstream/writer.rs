@@ -22,7 +22,6 @@ use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
 
-use super::audio_budget::AUDIO_BUDGET;
 use super::connect::WsFramed;
 use crate::metrics;
 
@@ -122,74 +121,6 @@ struct Outgoing {
     /// Bytes counted against the queue bound (0 for replayed audio, which
     /// the replay buffers bound already, and for the close frame).
     counted: usize,
-}
-
-/// What the writer task shares with every sender: its policy and progress.
-struct Progress {
-    policy: WriterPolicy,
-    /// Live bytes handed to the writer and not yet taken from the queue;
-    /// shared with the writer's owner, who may read it lock-free (the thoth
-    /// pool's admission check) and hands it on to the next socket's writer.
-    queued_bytes: Arc<AtomicUsize>,
-    /// Frames the writer handed to the socket: its progress.
-    written: AtomicU64,
-    /// When the queue went over its watch mark, and the written count then.
-    over_watch: Mutex<Option<(Instant, u64)>>,
-    /// Whether `over_watch` is set: spares the lock while under the mark.
-    watching: AtomicBool,
-    /// Wakes senders paused on a congested queue once it drained.
-    drained: Notify,
-    /// Whether any sender waits on `drained` (spares the notify otherwise).
-    paused: AtomicBool,
-    /// The writer task ended.
-    ended: AtomicBool,
-}
-
-impl Progress {
-    /// This queue over its congestion mark, or the process's audio budget
-    /// nearly spent: senders pause.
-    fn congested(&self) -> bool {
-        self.locally_congested() || (self.policy.budgeted && AUDIO_BUDGET.senders_pause())
-    }
-
-    fn locally_congested(&self) -> bool {
-        self.policy
-            .congested(self.queued_bytes.load(Ordering::SeqCst))
-    }
-
-    fn count(&self, bytes: usize) {
-        self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
-        if self.policy.budgeted {
-            AUDIO_BUDGET.add(bytes);
-        }
-    }
-
-    fn uncount(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
-        if self.policy.budgeted {
-            AUDIO_BUDGET.release(bytes);
-        }
-    }
-
-    /// The writer took a frame from the queue: its bytes no longer count,
-    /// and paused senders wake once the queue is below the congestion mark.
-    fn took(&self, counted: usize) {
-        self.uncount(counted);
-        self.release_paused(false);
-    }
-
-    /// After the writer took a frame, or when it ends: wakes paused
-    /// senders once the queue is below the congestion mark.
-    fn release_paused(&self, ended: bool) {
-        if ended {
-            self.ended.store(true, Ordering::SeqCst);
-        } else if !self.paused.load(Ordering::SeqCst) || self.congested() {
-            return;
-        }
-        if self.paused.swap(false, Ordering::SeqCst) {
-            self.drained.notify_waiters();
-        }
-    }
 }
 
 /// A handle that queues frames toward one socket. Cheap to clone; the socket
@@ -461,22 +392,6 @@ async fn run_writer(
     }
 }
 
-/// The writer's queue; when the writer ends (or is aborted), what it did not
-/// write is uncounted, so the shared counts do not keep a dead socket's bytes.
-struct Unwritten {
-    queue: mpsc::UnboundedReceiver<Outgoing>,
-    progress: Arc<Progress>,
-}
-
-impl Drop for Unwritten {
-    fn drop(&mut self) {
-        self.queue.close();
-        while let Ok(outgoing) = self.queue.try_recv() {
-            self.progress.uncount(outgoing.counted);
-        }
-    }
-}
-
 /// Payload bytes of a frame, as counted against the bound.
 pub fn message_len(message: &WsMessage) -> usize {
     match message {
@@ -485,6 +400,9 @@ pub fn message_len(message: &WsMessage) -> usize {
         _ => 0,
     }
 }
+
+mod progress;
+use progress::{Progress, Unwritten};
 
 /// Unit tests of the policy decisions, without sockets (in `writer/tests.rs`).
 #[cfg(test)]
