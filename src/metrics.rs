@@ -126,6 +126,8 @@ pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub const REFUSAL_MAX_SESSIONS: &str = "max_sessions";
 pub const REFUSAL_MAX_SESSIONS_PER_USER: &str = "max_sessions_per_user";
 pub const REFUSAL_THOTH_BUSY: &str = "thoth_busy";
+/// The shared thoth socket is congested or the audio budget nearly spent.
+pub const REFUSAL_AT_CAPACITY: &str = "at_capacity";
 
 pub static ADMISSION_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -254,6 +256,7 @@ pub fn init() {
         REFUSAL_MAX_SESSIONS,
         REFUSAL_MAX_SESSIONS_PER_USER,
         REFUSAL_THOTH_BUSY,
+        REFUSAL_AT_CAPACITY,
     ] {
         ADMISSION_REFUSALS.with_label_values(&[reason]);
     }

@@ -89,6 +89,9 @@ pub struct Config {
     pub thoth_idle_close: Duration,
     pub thoth_replay_max: Duration,
     pub thoth_resume_timeout: Duration,
+    /// `AUDIO_BUFFER_BUDGET_BYTES` (default 256 MiB): live audio queued
+    /// toward thoth, process-wide; new sessions are refused above 80% of it.
+    pub audio_buffer_budget_bytes: usize,
     /// Delay between connection attempts doubles from this value (3 retries).
     pub thoth_retry_base: Duration,
     pub legacy_flush_grace: Duration,
@@ -238,6 +241,7 @@ impl Config {
             thoth_ca_cert: vars.get("THOTH_CA_CERT").map(PathBuf::from),
             thoth_idle_close: vars.secs("THOTH_IDLE_CLOSE_SECS", 30)?,
             thoth_replay_max: vars.secs("THOTH_REPLAY_MAX_SECS", 30)?,
+            audio_buffer_budget_bytes: thoth::read_audio_buffer_budget(&vars)?,
             thoth_resume_timeout: vars.secs("THOTH_RESUME_TIMEOUT_SECS", 10)?,
             thoth_retry_base: vars.millis("THOTH_RETRY_BASE_MS", 250)?,
             legacy_flush_grace: vars.millis("LEGACY_FLUSH_GRACE_MS", 1500)?,

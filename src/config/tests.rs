@@ -170,3 +170,16 @@ fn several_thoth_endpoints_are_split_on_commas() {
         vec!["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
     );
 }
+
+#[test]
+fn the_audio_buffer_budget_defaults_to_256_mib_and_is_always_on() {
+    let cfg = Config::from_map(&base()).unwrap();
+    assert_eq!(cfg.audio_buffer_budget_bytes, 256 * 1024 * 1024);
+    let mut vars = base();
+    vars.insert("AUDIO_BUFFER_BUDGET_BYTES".into(), "0".into());
+    let err = Config::from_map(&vars).unwrap_err();
+    assert!(
+        err.to_string().contains("AUDIO_BUFFER_BUDGET_BYTES"),
+        "{err}"
+    );
+}

@@ -1,4 +1,8 @@
-//! Thoth settings: how the endpoints speak and the default stream path.
+//! Thoth settings: how the endpoints speak, the default stream path, and the
+//! audio-buffer budget toward them.
+
+use super::vars::Vars;
+use super::ConfigError;
 
 /// How the configured thoth endpoints speak (PROTOCOL.md 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,4 +37,16 @@ pub(super) fn with_default_thoth_path(raw: &str) -> String {
         }
         _ => raw.to_string(),
     }
+}
+
+/// `AUDIO_BUFFER_BUDGET_BYTES`: always on, so at least one second of one
+/// 48 kHz f32 session (a smaller budget would refuse every session).
+pub(super) fn read_audio_buffer_budget(vars: &Vars<'_>) -> Result<usize, ConfigError> {
+    const VAR: &str = "AUDIO_BUFFER_BUDGET_BYTES";
+    use crate::upstream::audio_budget::DEFAULT_AUDIO_BUFFER_BUDGET_BYTES as DEFAULT;
+    let budget = vars.parsed("AUDIO_BUFFER_BUDGET_BYTES", DEFAULT)?;
+    if budget < 192_000 {
+        return Err(ConfigError::new(VAR, "must be at least 192000 (bytes)"));
+    }
+    Ok(budget)
 }

@@ -22,6 +22,7 @@ use crate::session::limits::SessionPermit;
 use crate::session::note_sessions::NoteSessionGuard;
 use crate::session::rate::AudioRateLimiter;
 use crate::state::AppState;
+use crate::upstream::audio_budget::AUDIO_BUDGET;
 use crate::upstream::thoth::audio_route::Routed;
 use crate::upstream::{
     AudioSink, ClientHandle, EndSession, EventCounts, SessionAudio, Subscribe, Unsubscribe,
@@ -185,6 +186,17 @@ impl ClientActor {
                 audio,
                 received,
             }),
+            AudioSink::Route(_) if !AUDIO_BUDGET.has_room_for(audio.len()) => {
+                // This frame would take the process's audio buffering over
+                // its budget: the sender waits (not reading its browser)
+                // until the writers made room, then sends it, in order.
+                ctx.wait(
+                    AUDIO_BUDGET
+                        .room_for(audio.len())
+                        .into_actor(self)
+                        .map(move |(), act, ctx| act.forward(audio, received, ctx)),
+                );
+            }
             AudioSink::Route(route) => match route.send(audio, received) {
                 Routed::Sent | Routed::Held | Routed::Dropped => {}
                 Routed::Congested => {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::audio::{AudioFormat, Encoding, SAMPLE_RATES};
 use crate::config::ThothProtocol;
 use crate::error::{ErrorCode, GatewayError};
+use crate::metrics;
 use crate::session::admission::{accept, accept_detached, admit_upgrade, reject_websocket};
 use crate::session::client::{ClientActor, ClientSession, UpstreamConnector};
 use crate::session::mistral_model::endpoint_for_query;
@@ -154,6 +155,19 @@ async fn open_chronus_session(
         Err(error) => return reject(payload, error),
     };
     let session_id = Uuid::new_v4();
+    // At capacity: refused before any upstream work, so the sessions already
+    // admitted keep their latency instead of sharing seconds of queue.
+    if request.provider == Provider::Thoth && state.thoth.at_capacity() {
+        metrics::count_refusal(metrics::REFUSAL_AT_CAPACITY);
+        log::info!("session {session_id}: refused: thoth at capacity");
+        return reject(
+            payload,
+            GatewayError::with_message(
+                ErrorCode::ThothBusy,
+                "Transcription is at capacity; try again in a moment",
+            ),
+        );
+    }
     let note = match path {
         ChronusPath::Transcribe => None,
         ChronusPath::Notes => match admit_note(&req, &state, session_id, request.provider).await {

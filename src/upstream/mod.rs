@@ -5,6 +5,7 @@
 //! A transcription travels `thoth/mux_actor.rs` or `mistral/actor/inbound.rs` (socket frame →
 //! [`UpstreamEvent`]) → `session/client/upstream_events.rs` (event → browser frame).
 
+pub mod audio_budget;
 pub mod connect;
 pub mod mistral;
 pub mod thoth;

@@ -40,6 +40,9 @@ pub const MISTRAL_MAX_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// How long a writer over its watch mark may write nothing before its peer
 /// counts as not reading.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How often a sender paused only by the process-wide audio budget looks
+/// whether it has room again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(20);
 /// After our close frame, the Mistral socket's TCP connection stays open this
 /// long: a peer that reads the close frame and the FIN in one go may report a
 /// broken connection instead of a clean close (actix-web servers do). The
@@ -63,6 +66,9 @@ pub struct WriterPolicy {
     pub max_queued_bytes: usize,
     /// How long TCP stays open after our close frame.
     pub close_linger: Duration,
+    /// Whether live bytes count against the process-wide audio budget
+    /// (`AUDIO_BUFFER_BUDGET_BYTES`); senders also pause while it is nearly spent.
+    pub budgeted: bool,
 }
 
 impl WriterPolicy {
@@ -75,6 +81,7 @@ impl WriterPolicy {
         stall_after: STALL_AFTER,
         max_queued_bytes: THOTH_MAX_QUEUE_BYTES,
         close_linger: Duration::ZERO,
+        budgeted: true,
     };
 
     /// A Mistral session's own socket: one bound, reached means stalled.
@@ -85,6 +92,7 @@ impl WriterPolicy {
         stall_after: STALL_AFTER,
         max_queued_bytes: MISTRAL_MAX_QUEUE_BYTES,
         close_linger: MISTRAL_CLOSE_LINGER,
+        budgeted: false,
     };
 
     fn congested(&self, queued: usize) -> bool {
@@ -115,52 +123,6 @@ struct Outgoing {
     counted: usize,
 }
 
-/// What the writer task shares with every sender: its policy and progress.
-struct Progress {
-    policy: WriterPolicy,
-    /// Live bytes handed to the writer and not yet taken from the queue.
-    queued_bytes: AtomicUsize,
-    /// Frames the writer handed to the socket: its progress.
-    written: AtomicU64,
-    /// When the queue went over its watch mark, and the written count then.
-    over_watch: Mutex<Option<(Instant, u64)>>,
-    /// Whether `over_watch` is set: spares the lock while under the mark.
-    watching: AtomicBool,
-    /// Wakes senders paused on a congested queue once it drained.
-    drained: Notify,
-    /// Whether any sender waits on `drained` (spares the notify otherwise).
-    paused: AtomicBool,
-    /// The writer task ended.
-    ended: AtomicBool,
-}
-
-impl Progress {
-    fn congested(&self) -> bool {
-        self.policy
-            .congested(self.queued_bytes.load(Ordering::SeqCst))
-    }
-
-    /// The writer took a frame from the queue: its bytes no longer count,
-    /// and paused senders wake once the queue is below the congestion mark.
-    fn took(&self, counted: usize) {
-        self.queued_bytes.fetch_sub(counted, Ordering::SeqCst);
-        self.release_paused(false);
-    }
-
-    /// After the writer took a frame, or when it ends: wakes paused
-    /// senders once the queue is below the congestion mark.
-    fn release_paused(&self, ended: bool) {
-        if ended {
-            self.ended.store(true, Ordering::SeqCst);
-        } else if !self.paused.load(Ordering::SeqCst) || self.congested() {
-            return;
-        }
-        if self.paused.swap(false, Ordering::SeqCst) {
-            self.drained.notify_waiters();
-        }
-    }
-}
-
 /// A handle that queues frames toward one socket. Cheap to clone; the socket
 /// closes once a close frame was queued (or every handle is dropped).
 #[derive(Clone)]
@@ -189,7 +151,20 @@ impl SocketWriter {
         policy: WriterPolicy,
         on_failure: impl Fn(String) + Send + Sync + 'static,
     ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
-        let (writer, queue) = Self::unattached(policy, Arc::new(on_failure));
+        Self::spawn_counted(sink, policy, Arc::default(), on_failure)
+    }
+
+    /// [`Self::spawn_joinable`], counting the live bytes it queues in
+    /// `queued_bytes` too (shared by every socket of one thoth endpoint, so
+    /// admission can read it without asking the endpoint's actor). Whatever
+    /// is still queued when the writer ends is uncounted then.
+    pub fn spawn_counted(
+        sink: SplitSink<WsFramed, WsMessage>,
+        policy: WriterPolicy,
+        queued_bytes: Arc<AtomicUsize>,
+        on_failure: impl Fn(String) + Send + Sync + 'static,
+    ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
+        let (writer, queue) = Self::unattached(policy, queued_bytes, Arc::new(on_failure));
         let task = actix_rt::spawn(run_writer(
             sink,
             queue,
@@ -202,12 +177,13 @@ impl SocketWriter {
     /// A handle and the queue it feeds, before a writer task takes the queue.
     fn unattached(
         policy: WriterPolicy,
+        queued_bytes: Arc<AtomicUsize>,
         on_failure: OnFailure,
     ) -> (SocketWriter, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbound, queue) = mpsc::unbounded_channel::<Outgoing>();
         let progress = Arc::new(Progress {
             policy,
-            queued_bytes: AtomicUsize::new(0),
+            queued_bytes,
             written: AtomicU64::new(0),
             over_watch: Mutex::new(None),
             watching: AtomicBool::new(false),
@@ -290,12 +266,20 @@ impl SocketWriter {
                     return;
                 }
                 let written = progress.written.load(Ordering::Relaxed);
-                match actix_rt::time::timeout(progress.policy.stall_after, notified).await {
+                // Paused only by the process budget (other sockets hold it):
+                // this writer wakes nobody, so look again soon.
+                let local = progress.locally_congested();
+                let wait = if local {
+                    progress.policy.stall_after
+                } else {
+                    BUDGET_RECHECK
+                };
+                match actix_rt::time::timeout(wait, notified).await {
                     // Below the mark once: the sender runs again (handles its
                     // events, sends its next frame), even if others have
                     // filled the queue meanwhile — every sender progresses.
                     Ok(()) => return,
-                    Err(_) if progress.written.load(Ordering::Relaxed) == written => {
+                    Err(_) if local && progress.written.load(Ordering::Relaxed) == written => {
                         writer.report_not_reading("no write progress");
                         return;
                     }
@@ -314,13 +298,9 @@ impl SocketWriter {
 
     fn enqueue(&self, outgoing: Outgoing) -> Result<(), SendFailure> {
         let counted = outgoing.counted;
-        self.progress
-            .queued_bytes
-            .fetch_add(counted, Ordering::Relaxed);
+        self.progress.count(counted);
         self.outbound.send(outgoing).map_err(|_| {
-            self.progress
-                .queued_bytes
-                .fetch_sub(counted, Ordering::Relaxed);
+            self.progress.uncount(counted);
             SendFailure::Closed
         })
     }
@@ -366,10 +346,15 @@ impl SocketWriter {
 /// until a close frame was written or every sender is gone.
 async fn run_writer(
     mut sink: SplitSink<WsFramed, WsMessage>,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    queue: mpsc::UnboundedReceiver<Outgoing>,
     progress: Arc<Progress>,
     on_failure: OnFailure,
 ) {
+    let mut queue = Unwritten {
+        queue,
+        progress: progress.clone(),
+    };
+    let queue = &mut queue.queue;
     // Receive times of the audio in the current batch, observed once the
     // batch is flushed to the socket.
     let mut stamps: Vec<Instant> = Vec::new();
@@ -415,6 +400,9 @@ pub fn message_len(message: &WsMessage) -> usize {
         _ => 0,
     }
 }
+
+mod progress;
+use progress::{Progress, Unwritten};
 
 /// Unit tests of the policy decisions, without sockets (in `writer/tests.rs`).
 #[cfg(test)]

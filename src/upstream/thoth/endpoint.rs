@@ -32,6 +32,9 @@ pub struct ThothEndpointConfig {
     pub replay_max_secs: u64,
     /// Mux resume: how long sessions wait for the socket to come back.
     pub resume_timeout: Duration,
+    /// Live bytes queued toward this endpoint's socket(s), kept by their
+    /// writers and read lock-free by the pool's admission check.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ThothEndpointConfig {

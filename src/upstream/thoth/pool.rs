@@ -16,6 +16,8 @@ use super::monitor::{EndpointSnapshot, GetSnapshot};
 use super::mux_actor::Mux;
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
+use crate::upstream::audio_budget::AUDIO_BUDGET;
+use crate::upstream::writer::THOTH_CONGESTED_QUEUE_BYTES;
 use crate::upstream::{AudioSink, EndSession, Subscribe, Unsubscribe, UpstreamLink};
 
 /// One thoth endpoint as the pool sees it, whichever protocol its actor speaks.
@@ -26,6 +28,9 @@ struct Endpoint {
     unsubscribe: Recipient<Unsubscribe>,
     /// Written by the actor, read here to choose the least loaded endpoint.
     ref_count: Arc<AtomicUsize>,
+    /// Live bytes queued toward the endpoint's socket, written by its writer:
+    /// read here to refuse new sessions while the socket is congested.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -34,6 +39,7 @@ impl Endpoint {
         arbiter: &ArbiterHandle,
     ) -> Endpoint {
         let ref_count = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = config.queued_bytes.clone();
         let actor_ref_count = ref_count.clone();
         let addr = ThothUpstreamActor::<P>::start_in_arbiter(arbiter, move |_| {
             ThothUpstreamActor::new(config, actor_ref_count)
@@ -44,6 +50,7 @@ impl Endpoint {
             end: addr.clone().recipient(),
             unsubscribe: addr.recipient(),
             ref_count,
+            queued_bytes,
         }
     }
 
@@ -72,6 +79,7 @@ impl ThothPool {
         tls: Arc<rustls::ClientConfig>,
         arbiter: &ArbiterHandle,
     ) -> ThothPool {
+        AUDIO_BUDGET.set_limit(config.audio_buffer_budget_bytes);
         let endpoints = config
             .thoth_ws_urls
             .iter()
@@ -87,6 +95,7 @@ impl ThothPool {
                     max_frame_bytes: config.max_frame_bytes,
                     replay_max_secs: config.thoth_replay_max.as_secs(),
                     resume_timeout: config.thoth_resume_timeout,
+                    queued_bytes: Arc::default(),
                 };
                 match config.thoth_protocol {
                     ThothProtocol::Mux => Endpoint::start::<Mux>(endpoint_config, arbiter),
@@ -98,6 +107,24 @@ impl ThothPool {
             endpoints: Arc::new(endpoints),
             protocol: config.thoth_protocol,
         }
+    }
+
+    /// Whether a new session must be refused because the gateway is at
+    /// capacity: the shared socket it would use (the least loaded endpoint's,
+    /// in `mux` mode) is over its congestion mark, or the process's audio
+    /// buffering is over 80% of `AUDIO_BUFFER_BUDGET_BYTES`. Lock-free: a
+    /// few atomic loads, no actor round-trip.
+    pub fn at_capacity(&self) -> bool {
+        if AUDIO_BUDGET.refuses_new_sessions() {
+            return true;
+        }
+        if self.protocol != ThothProtocol::Mux {
+            return false; // one socket per session: no shared queue to congest
+        }
+        self.endpoints
+            .iter()
+            .min_by_key(|e| e.ref_count.load(Ordering::Relaxed))
+            .is_some_and(|e| e.queued_bytes.load(Ordering::Relaxed) > THOTH_CONGESTED_QUEUE_BYTES)
     }
 
     /// Subscribes a session to an endpoint: in `mux` mode the least loaded

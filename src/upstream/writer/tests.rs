@@ -13,6 +13,7 @@ const SMALL: WriterPolicy = WriterPolicy {
     stall_after: STALL_AFTER,
     max_queued_bytes: 400,
     close_linger: Duration::ZERO,
+    budgeted: false,
 };
 
 /// A handle, its queue, and what its owner was told.
@@ -26,7 +27,7 @@ fn writer(
     let told = Arc::new(Mutex::new(Vec::new()));
     let sink = told.clone();
     let on_failure: OnFailure = Arc::new(move |reason| sink.lock().unwrap().push(reason));
-    let (writer, queue) = SocketWriter::unattached(policy, on_failure);
+    let (writer, queue) = SocketWriter::unattached(policy, Arc::default(), on_failure);
     (writer, queue, told)
 }
 
@@ -163,4 +164,28 @@ fn the_close_frame_is_queued_past_the_bound() {
     let last = queue.try_recv().expect("the close frame");
     assert!(matches!(last.message, WsMessage::Close(_)));
     assert_eq!(last.counted, 0);
+}
+
+#[test]
+fn live_bytes_count_in_the_shared_counter_until_written_or_dropped_with_the_queue() {
+    let shared = Arc::new(AtomicUsize::new(0));
+    let on_failure: OnFailure = Arc::new(|_| {});
+    let (writer, queue) = SocketWriter::unattached(SMALL, shared.clone(), on_failure);
+    let mut queue = Unwritten {
+        queue,
+        progress: writer.progress.clone(),
+    };
+    writer.send(audio(30)).unwrap();
+    writer.send(audio(50)).unwrap();
+    writer.send_uncounted(audio(1000)).unwrap();
+    assert_eq!(shared.load(Ordering::SeqCst), 80);
+    let first = queue.queue.try_recv().unwrap();
+    writer.progress.took(first.counted);
+    assert_eq!(shared.load(Ordering::SeqCst), 50);
+    // The writer ends with frames unwritten: they no longer count, so the
+    // next socket of the endpoint does not look congested.
+    drop(queue);
+    assert_eq!(shared.load(Ordering::SeqCst), 0);
+    assert_eq!(writer.send(audio(10)), Err(SendFailure::Closed));
+    assert_eq!(shared.load(Ordering::SeqCst), 0);
 }
