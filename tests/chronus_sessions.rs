@@ -168,26 +168,12 @@ fn env_with_fake_mistral(thoth: &DevThoth, fake: &FakeMistral) -> HashMap<String
     env
 }
 
-async fn store_key(gateway: &RunningGateway, user: &str) {
-    let response = awc::Client::new()
-        .put(format!(
-            "http://{}/api/settings/api-keys/mistral",
-            gateway.public_addr
-        ))
-        .bearer_auth(token_for(user))
-        .insert_header(("content-type", "application/json"))
-        .send_body(json!({"apiKey": KEY}).to_string())
-        .await
-        .expect("PUT key");
-    assert_eq!(response.status().as_u16(), 204);
-}
-
 #[actix_rt::test]
 async fn max_session_secs_ends_sessions_with_session_expired_4408_on_every_route() {
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_with_fake_mistral(&thoth, &fake)).await;
-    store_key(&gateway, "7").await;
+    store_mistral_key(&gateway, "7", KEY).await;
     // A long-lived token: the cap, not `exp`, ends these sessions.
     let token = chronus_token(7, 3600);
     for path in [
@@ -223,7 +209,7 @@ async fn mistral_results_carry_text_beside_data_too() {
     let mut env = env_with_fake_mistral(&thoth, &fake);
     env.remove("MAX_SESSION_SECS");
     let gateway = start_gateway(&env).await;
-    store_key(&gateway, "7").await;
+    store_mistral_key(&gateway, "7", KEY).await;
     let token = chronus_token(7, 60);
     let url = ws_url(&gateway, &format!("{TRANSCRIBE}?provider=mistral"));
     let mut client = connect(&url, Auth::Query(&token), None).await.client;

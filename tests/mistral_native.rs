@@ -13,7 +13,7 @@ use std::time::Duration;
 use chronus_gateway::RunningGateway;
 use common::*;
 use fake_mistral::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "mk-TESTKEY-native-7d3f90aa";
@@ -23,20 +23,6 @@ fn env_for(fake: &FakeMistral) -> HashMap<String, String> {
     let mut env = base_env("ws://127.0.0.1:9/stream-audio");
     env.insert("MISTRAL_WS_URL".into(), fake.url());
     env
-}
-
-async fn store_key(gateway: &RunningGateway, user: &str) {
-    let reply = awc::Client::new()
-        .put(format!(
-            "http://{}/api/settings/api-keys/mistral",
-            gateway.public_addr
-        ))
-        .bearer_auth(token_for(user))
-        .insert_header(("content-type", "application/json"))
-        .send_body(json!({"apiKey": KEY}).to_string())
-        .await
-        .expect("PUT key");
-    assert_eq!(reply.status().as_u16(), 204);
 }
 
 /// A native-proxy client at `path_and_query`, the chronus JWT as its bearer
@@ -56,7 +42,7 @@ async fn mistral_sessions(gateway: &RunningGateway) -> Value {
 async fn segments_mode_the_sdk_path_is_the_native_proxy() {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
-    store_key(&gateway, "sdk").await;
+    store_mistral_key(&gateway, "sdk", KEY).await;
     let mut client = native_client(
         &gateway,
         &format!("{SDK_PATH}?model={DEFAULT_MODEL}"),
@@ -85,7 +71,7 @@ async fn segments_mode_an_allowed_model_is_the_model_mistral_is_asked_for() {
         format!("{DEFAULT_MODEL},voxtral-small-realtime"),
     );
     let gateway = start_gateway(&env).await;
-    store_key(&gateway, "picky").await;
+    store_mistral_key(&gateway, "picky", KEY).await;
     let mut client = native_client(
         &gateway,
         &format!("{SDK_PATH}?model=voxtral-small-realtime"),
@@ -111,7 +97,7 @@ async fn segments_mode_an_allowed_model_is_the_model_mistral_is_asked_for() {
 async fn segments_mode_a_model_not_allowed_is_refused_before_mistral_is_touched() {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
-    store_key(&gateway, "greedy").await;
+    store_mistral_key(&gateway, "greedy", KEY).await;
     for path in [SDK_PATH, "/api/mistral/ws"] {
         let mut client =
             native_client(&gateway, &format!("{path}?model=voxtral-huge"), "greedy").await;
@@ -133,7 +119,7 @@ async fn segments_mode_native_sessions_get_server_shutting_down_1012_on_drain() 
     let mut env = env_for(&fake);
     env.insert("SHUTDOWN_GRACE_SECS".into(), "1".into());
     let gateway = start_gateway(&env).await;
-    store_key(&gateway, "drained").await;
+    store_mistral_key(&gateway, "drained", KEY).await;
     let mut client = native_client(&gateway, "/api/mistral/ws", "drained").await;
     assert_eq!(client.json().await["type"], "session.created");
     // What SIGTERM runs (RunningGateway::serve_until_signal).
@@ -167,7 +153,7 @@ async fn segments_mode_a_native_browser_that_stops_reading_is_cut_off() {
     options.segment_secs = 1e-6;
     let fake = FakeMistral::start(options);
     let gateway = start_gateway(&env_for(&fake)).await;
-    store_key(&gateway, "stalled").await;
+    store_mistral_key(&gateway, "stalled", KEY).await;
 
     // The stalled browser: a tiny receive buffer it never reads from.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

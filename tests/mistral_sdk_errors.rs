@@ -10,10 +10,8 @@ mod fake_mistral;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chronus_gateway::RunningGateway;
 use common::*;
 use fake_mistral::*;
-use serde_json::json;
 
 const KEY: &str = "mk-TESTKEY-sdkerr-5b1e07cc";
 const SDK_PATH: &str = "/api/mistral/v1/audio/transcriptions/realtime";
@@ -24,25 +22,11 @@ fn env_for(fake: &FakeMistral) -> HashMap<String, String> {
     env
 }
 
-async fn store_key(gateway: &RunningGateway, user: &str) {
-    let reply = awc::Client::new()
-        .put(format!(
-            "http://{}/api/settings/api-keys/mistral",
-            gateway.public_addr
-        ))
-        .bearer_auth(token_for(user))
-        .insert_header(("content-type", "application/json"))
-        .send_body(json!({"apiKey": KEY}).to_string())
-        .await
-        .expect("PUT key");
-    assert_eq!(reply.status().as_u16(), 204);
-}
-
 #[actix_rt::test]
 async fn a_refused_model_on_a_native_route_carries_error_message_for_the_sdks() {
     let fake = FakeMistral::start(FakeMistralOptions::new(KEY, Mode::Segments));
     let gateway = start_gateway(&env_for(&fake)).await;
-    store_key(&gateway, "sdk-reader").await;
+    store_mistral_key(&gateway, "sdk-reader", KEY).await;
     let token = token_for("sdk-reader");
     for path in [SDK_PATH, "/api/mistral/ws"] {
         let url = ws_url(&gateway, &format!("{path}?model=voxtral-huge"));
@@ -70,7 +54,7 @@ async fn a_native_session_drained_carries_error_message_with_its_close_code() {
     let mut env = env_for(&fake);
     env.insert("SHUTDOWN_GRACE_SECS".into(), "1".into());
     let gateway = start_gateway(&env).await;
-    store_key(&gateway, "drained-sdk").await;
+    store_mistral_key(&gateway, "drained-sdk", KEY).await;
     let token = token_for("drained-sdk");
     let url = ws_url(&gateway, "/api/mistral/ws");
     let mut client = connect(&url, Auth::Header(&token), None).await.client;

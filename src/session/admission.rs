@@ -109,11 +109,7 @@ where
     A: Actor<Context = ws::WebsocketContext<A>>
         + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
-    // Built by hand rather than with `WsResponseBuilder` so the response
-    // stream can count what the browser takes.
-    let taken = Arc::new(AtomicUsize::new(0));
-    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
-    let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), payload, codec);
+    let (frames, taken) = counted_frames(payload, state, actor);
     Ok(ws::handshake_with_protocols(req, SELECTABLE_SUBPROTOCOLS)?
         .streaming(CountedStream::new(frames, taken)))
 }
@@ -131,11 +127,30 @@ where
     A: Actor<Context = ws::WebsocketContext<A>>
         + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
+    let (frames, taken) = counted_frames(payload, state, actor);
+    Ok(ws::handshake_with_protocols(req, SELECTABLE_SUBPROTOCOLS)?
+        .streaming(CountedStream::new(detached(frames), taken)))
+}
+
+/// The actor's frame stream (the codec sized by `MAX_FRAME_BYTES`) and the
+/// counter of what the browser took of it. Built by hand rather than with
+/// `WsResponseBuilder` so the response stream can count what the browser takes.
+fn counted_frames<A>(
+    payload: web::Payload,
+    state: &AppState,
+    actor: impl FnOnce(Arc<AtomicUsize>) -> A,
+) -> (
+    impl futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> + 'static,
+    Arc<AtomicUsize>,
+)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>
+        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
     let taken = Arc::new(AtomicUsize::new(0));
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
     let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), payload, codec);
-    Ok(ws::handshake_with_protocols(req, SELECTABLE_SUBPROTOCOLS)?
-        .streaming(CountedStream::new(detached(frames), taken)))
+    (frames, taken)
 }
 
 /// Checks the caller of a WebSocket endpoint: Origin, then token, then caps.

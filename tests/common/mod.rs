@@ -284,6 +284,22 @@ pub async fn pool_report(gateway: &RunningGateway) -> Value {
 }
 
 /// The first endpoint's reference count, from the monitoring endpoint.
+/// Stores `key` as `user`'s Mistral API key through the public settings API
+/// (`PUT /api/settings/api-keys/mistral`), asserting the documented `204`.
+pub async fn store_mistral_key(gateway: &RunningGateway, user: &str, key: &str) {
+    let reply = awc::Client::new()
+        .put(format!(
+            "http://{}/api/settings/api-keys/mistral",
+            gateway.public_addr
+        ))
+        .bearer_auth(token_for(user))
+        .insert_header(("content-type", "application/json"))
+        .send_body(serde_json::json!({ "apiKey": key }).to_string())
+        .await
+        .expect("PUT key");
+    assert_eq!(reply.status().as_u16(), 204);
+}
+
 pub async fn ref_count(gateway: &RunningGateway) -> u64 {
     pool_report(gateway).await["thoth"][0]["refCount"]
         .as_u64()
