@@ -12,6 +12,7 @@ pub mod devthoth;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod loop_lag;
 pub mod metrics;
 pub mod session;
 pub mod state;
@@ -160,6 +161,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
 
     let public_state = state.clone();
     let public = HttpServer::new(move || {
+        // Runs on each worker: its event loop's lateness is a capacity signal.
+        crate::loop_lag::watch_this_worker();
         App::new()
             .app_data(public_state.clone())
             .wrap(access_log())

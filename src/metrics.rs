@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -166,6 +166,45 @@ pub static SESSIONS_MAX: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// The most late public worker's event loop, smoothed (`loop_lag.rs`):
+/// the gateway's own saturation, which admission compares with
+/// `OVERLOAD_LOOP_LAG_MS`.
+pub static WORKER_LOOP_LAG: LazyLock<Gauge> = LazyLock::new(|| {
+    register(
+        Gauge::new(
+            "chronus_worker_loop_lag_seconds",
+            "How late the most loaded worker's event loop runs (smoothed)",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Audio the gateway holds for thoth, by kind (`queued` toward the sockets,
+/// `replay` kept for resumes), against `AUDIO_BUFFER_BUDGET_BYTES`.
+pub static AUDIO_BUFFERED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "chronus_audio_buffered_bytes",
+                "Audio held for thoth: queued toward its sockets, or kept for replay",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The configured `AUDIO_BUFFER_BUDGET_BYTES`.
+pub static AUDIO_BUDGET_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "chronus_audio_buffer_budget_bytes",
+            "The process-wide audio-buffer budget (AUDIO_BUFFER_BUDGET_BYTES)",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Counts a session refused by `reason` (one of the `REFUSAL_…` values).
 pub fn count_refusal(reason: &str) {
     ADMISSION_REFUSALS.with_label_values(&[reason]).inc();
@@ -261,6 +300,7 @@ pub fn init() {
         ADMISSION_REFUSALS.with_label_values(&[reason]);
     }
     LazyLock::force(&SESSIONS_MAX);
+    LazyLock::force(&WORKER_LOOP_LAG);
     LazyLock::force(&ERRORS_SENT);
     LazyLock::force(&THOTH_REF_COUNT);
     LazyLock::force(&THOTH_CONNECTION_STATE);
@@ -270,6 +310,15 @@ pub fn init() {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
+    // Read off the lock-free counts at scrape time.
+    let budget = &crate::upstream::audio_budget::AUDIO_BUDGET;
+    AUDIO_BUFFERED
+        .with_label_values(&["queued"])
+        .set(budget.used() as i64);
+    AUDIO_BUFFERED
+        .with_label_values(&["replay"])
+        .set(budget.held() as i64);
+    AUDIO_BUDGET_BYTES.set(budget.limit() as i64);
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for well-formed metric families.
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);

@@ -1,7 +1,8 @@
-//! Graceful overload (issue 13 item 4): while the shared thoth socket is
-//! congested, a new session is refused at once with `THOTH_BUSY` (close
-//! 1013, retryable) before thoth hears of it; the sessions already admitted
-//! lose nothing; once the queue drained, new sessions are admitted again.
+//! Graceful overload (issue 13 item 4): while the shared thoth socket stays
+//! congested, or a worker's event loop runs late (the gateway's own CPU is
+//! spent), a new session is refused at once with `THOTH_BUSY` (close 1013,
+//! retryable) before thoth hears of it; the sessions already admitted lose
+//! nothing; once the pressure is gone, new sessions are admitted again.
 
 mod common;
 #[path = "common/live_session.rs"]
@@ -57,6 +58,15 @@ async fn pausable_relay(target: SocketAddr, paused: Arc<AtomicBool>) -> SocketAd
 
 /// The value of `chronus_admission_refusals_total{reason="at_capacity"}`.
 async fn at_capacity_refusals(gateway: &RunningGateway) -> f64 {
+    metric_value(
+        gateway,
+        "chronus_admission_refusals_total{reason=\"at_capacity\"} ",
+    )
+    .await
+}
+
+/// The value of the series whose exposition line starts with `series`.
+async fn metric_value(gateway: &RunningGateway, series: &str) -> f64 {
     let url = format!("http://{}/metrics", gateway.admin_addr);
     let body = awc::Client::new()
         .get(url)
@@ -68,7 +78,6 @@ async fn at_capacity_refusals(gateway: &RunningGateway) -> f64 {
         .await
         .expect("body");
     let text = String::from_utf8(body.to_vec()).expect("UTF-8");
-    let series = "chronus_admission_refusals_total{reason=\"at_capacity\"} ";
     text.lines()
         .find_map(|line| line.strip_prefix(series))
         .unwrap_or_else(|| panic!("no {series} in the exposition"))
@@ -99,6 +108,7 @@ async fn try_open(
 
 #[actix_rt::test]
 async fn a_congested_thoth_socket_refuses_new_sessions_and_the_admitted_lose_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let stats = thoth.stats();
     let paused = Arc::new(AtomicBool::new(false));
@@ -108,6 +118,8 @@ async fn a_congested_thoth_socket_refuses_new_sessions_and_the_admitted_lose_not
         .replace(&thoth.addr().to_string(), &relay.to_string());
     let mut env = base_env(&thoth_url);
     env.insert("MAX_AUDIO_RATE".into(), "100000".into());
+    // This test is about the queue (the other one blocks a watched loop).
+    env.insert("OVERLOAD_LOOP_LAG_MS".into(), "0".into());
     let gateway = start_gateway(&env).await;
     let refusals_before = at_capacity_refusals(&gateway).await;
 
@@ -204,6 +216,80 @@ async fn a_congested_thoth_socket_refuses_new_sessions_and_the_admitted_lose_not
 
     let pool = pool_report(&gateway).await;
     assert_eq!(pool["thoth"][0]["reconnects"], 0, "{pool}");
+    gateway.stop().await;
+    thoth.stop();
+}
+
+/// The worker-lag registry is process-wide: one test at a time, so that one
+/// test's flood cannot read as the other's saturated worker.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Starts a thread whose actix event loop is watched like a public worker's
+/// (the registry is process-wide) and is blocked for 150 ms out of every
+/// 160 while `busy` is set: a worker whose CPU is spent. Ends when `busy`
+/// is cleared.
+fn saturated_worker(busy: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            chronus_gateway::loop_lag::watch_this_worker();
+            while busy.load(Ordering::SeqCst) {
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    })
+}
+
+#[actix_rt::test]
+async fn a_saturated_worker_refuses_new_sessions_until_it_recovers() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
+    let stats = thoth.stats();
+    let mut env = base_env(&thoth.url());
+    env.insert("OVERLOAD_LOOP_LAG_MS".into(), "40".into());
+    let gateway = start_gateway(&env).await;
+    let refusals_before = at_capacity_refusals(&gateway).await;
+    assert!(
+        try_open(&gateway, "before").await.is_ok(),
+        "admitted at rest"
+    );
+    let started_before = stats.mux_sessions_started();
+
+    let busy = Arc::new(AtomicBool::new(true));
+    let worker = saturated_worker(busy.clone());
+    // Seen within a few ticks: refused, with the envelope and 1013.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (messages, code) = loop {
+        match try_open(&gateway, "during").await {
+            Err(refused) => break refused,
+            Ok(()) => assert!(Instant::now() < deadline, "never refused"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let admitted_meanwhile = stats.mux_sessions_started() - started_before;
+    let error = &messages[0];
+    assert_eq!(error["code"], "THOTH_BUSY", "{error}");
+    assert_eq!(error["retryable"], true, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("capacity"));
+    assert_eq!(code, Some(1013));
+    assert!(at_capacity_refusals(&gateway).await - refusals_before >= 1.0);
+    let lag = metric_value(&gateway, "chronus_worker_loop_lag_seconds ").await;
+    assert!(lag > 0.04, "the gauge shows the lag: {lag}");
+    // The refused session never reached thoth.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stats.mux_sessions_started() - started_before,
+        admitted_meanwhile
+    );
+
+    // The worker recovers: the smoothed lag decays and sessions are admitted.
+    busy.store(false, Ordering::SeqCst);
+    worker.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while try_open(&gateway, "after").await.is_err() {
+        assert!(Instant::now() < deadline, "admitted again once recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gateway.stop().await;
     thoth.stop();
 }

@@ -89,9 +89,13 @@ pub struct Config {
     pub thoth_idle_close: Duration,
     pub thoth_replay_max: Duration,
     pub thoth_resume_timeout: Duration,
-    /// `AUDIO_BUFFER_BUDGET_BYTES` (default 256 MiB): live audio queued
-    /// toward thoth, process-wide; new sessions are refused above 80% of it.
+    /// `AUDIO_BUFFER_BUDGET_BYTES` (default 1 GiB): audio held for thoth
+    /// (queued and kept for replay), process-wide; new sessions are refused
+    /// above 80% of it.
     pub audio_buffer_budget_bytes: usize,
+    /// `OVERLOAD_LOOP_LAG_MS` (default 50, `0`: off): new thoth sessions are
+    /// refused while a public worker's event loop runs this late (smoothed).
+    pub overload_loop_lag: Option<Duration>,
     /// Delay between connection attempts doubles from this value (3 retries).
     pub thoth_retry_base: Duration,
     pub legacy_flush_grace: Duration,
@@ -242,6 +246,8 @@ impl Config {
             thoth_idle_close: vars.secs("THOTH_IDLE_CLOSE_SECS", 30)?,
             thoth_replay_max: vars.secs("THOTH_REPLAY_MAX_SECS", 30)?,
             audio_buffer_budget_bytes: thoth::read_audio_buffer_budget(&vars)?,
+            overload_loop_lag: Some(vars.millis("OVERLOAD_LOOP_LAG_MS", 50)?)
+                .filter(|lag| !lag.is_zero()),
             thoth_resume_timeout: vars.secs("THOTH_RESUME_TIMEOUT_SECS", 10)?,
             thoth_retry_base: vars.millis("THOTH_RETRY_BASE_MS", 250)?,
             legacy_flush_grace: vars.millis("LEGACY_FLUSH_GRACE_MS", 1500)?,

@@ -172,9 +172,9 @@ fn several_thoth_endpoints_are_split_on_commas() {
 }
 
 #[test]
-fn the_audio_buffer_budget_defaults_to_256_mib_and_is_always_on() {
+fn the_audio_buffer_budget_defaults_to_1_gib_and_is_always_on() {
     let cfg = Config::from_map(&base()).unwrap();
-    assert_eq!(cfg.audio_buffer_budget_bytes, 256 * 1024 * 1024);
+    assert_eq!(cfg.audio_buffer_budget_bytes, 1024 * 1024 * 1024);
     let mut vars = base();
     vars.insert("AUDIO_BUFFER_BUDGET_BYTES".into(), "0".into());
     let err = Config::from_map(&vars).unwrap_err();
@@ -182,4 +182,16 @@ fn the_audio_buffer_budget_defaults_to_256_mib_and_is_always_on() {
         err.to_string().contains("AUDIO_BUFFER_BUDGET_BYTES"),
         "{err}"
     );
+}
+
+#[test]
+fn the_loop_lag_limit_defaults_to_50_ms_and_0_turns_it_off() {
+    let cfg = Config::from_map(&base()).unwrap();
+    assert_eq!(cfg.overload_loop_lag, Some(Duration::from_millis(50)));
+    let mut vars = base();
+    vars.insert("OVERLOAD_LOOP_LAG_MS".into(), "0".into());
+    assert_eq!(Config::from_map(&vars).unwrap().overload_loop_lag, None);
+    vars.insert("OVERLOAD_LOOP_LAG_MS".into(), "fast".into());
+    let err = Config::from_map(&vars).unwrap_err();
+    assert!(err.to_string().contains("OVERLOAD_LOOP_LAG_MS"), "{err}");
 }

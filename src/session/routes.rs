@@ -157,9 +157,13 @@ async fn open_chronus_session(
     let session_id = Uuid::new_v4();
     // At capacity: refused before any upstream work, so the sessions already
     // admitted keep their latency instead of sharing seconds of queue.
-    if request.provider == Provider::Thoth && state.thoth.at_capacity() {
+    let at_capacity = match request.provider {
+        Provider::Thoth => state.thoth.at_capacity(state.config.overload_loop_lag),
+        _ => None,
+    };
+    if let Some(why) = at_capacity {
         metrics::count_refusal(metrics::REFUSAL_AT_CAPACITY);
-        log::info!("session {session_id}: refused: thoth at capacity");
+        log::info!("session {session_id}: refused at capacity: {why}");
         return reject(
             payload,
             GatewayError::with_message(

@@ -1,14 +1,22 @@
-//! The process-wide audio-buffer budget (`AUDIO_BUFFER_BUDGET_BYTES`): one
-//! count of the live audio bytes queued toward every thoth socket, read
-//! lock-free by admission (new sessions are refused above 80% of it), by the
-//! writers (senders pause above 90% of it) and by each sender before it
-//! queues a frame (a frame that would cross the budget waits for room).
+//! The process-wide audio-buffer budget (`AUDIO_BUFFER_BUDGET_BYTES`): two
+//! counts of the audio the gateway holds for thoth — bytes queued toward
+//! every thoth socket, and bytes kept in the sessions' replay buffers — read
+//! lock-free by admission (new sessions are refused while both together are
+//! above 80% of it), by the writers (senders pause while the queues are
+//! above 90% of it) and by each sender before it queues a frame (a frame
+//! that would take the queues over the budget waits for room).
+//!
+//! Replay bytes never pause a sender: they shrink only as thoth finalises,
+//! which needs the rest of the sessions' audio, so pausing on them could
+//! stall every session at once. Each replay is bounded on its own
+//! (`THOTH_REPLAY_MAX_SECS`), and admission stops adding sessions.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Default budget: sized for a 2-core / 24 GiB machine, where a few seconds
-/// of audio for thousands of sessions fit many times over.
-pub const DEFAULT_AUDIO_BUFFER_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// Default budget: sized for a 2-core / 24 GiB machine, whose capacity is
+/// about 5,000 chronus sessions, each replaying up to ~3 s of 16 kHz f32
+/// audio (~100 KiB on average): their replay fits in 80% of it.
+pub const DEFAULT_AUDIO_BUFFER_BUDGET_BYTES: usize = 1024 * 1024 * 1024;
 
 /// How often a sender waiting for room in the budget looks again.
 const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
@@ -17,7 +25,10 @@ const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
 #[derive(Debug)]
 pub struct AudioBudget {
     limit: AtomicUsize,
+    /// Queued toward thoth sockets.
     used: AtomicUsize,
+    /// Kept in replay buffers.
+    held: AtomicUsize,
 }
 
 /// The one budget of this process, set from the configuration at start.
@@ -28,6 +39,7 @@ impl AudioBudget {
         AudioBudget {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -59,6 +71,21 @@ impl AudioBudget {
         }
     }
 
+    /// Bytes kept in replay buffers now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// A replay buffer kept `bytes` more.
+    pub fn hold(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A replay buffer let `bytes` go.
+    pub fn unhold(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// Whether `bytes` more stay within the budget (always, when nothing is
     /// queued: a frame larger than the whole budget must still go out).
     pub fn has_room_for(&self, bytes: usize) -> bool {
@@ -75,9 +102,10 @@ impl AudioBudget {
         }
     }
 
-    /// Over 80%: new sessions are refused (`THOTH_BUSY`, at capacity).
+    /// Queued and kept together over 80%: new sessions are refused
+    /// (`THOTH_BUSY`, at capacity).
     pub fn refuses_new_sessions(&self) -> bool {
-        self.used() > self.limit() / 10 * 8
+        self.used() + self.held() > self.limit() / 10 * 8
     }
 
     /// Over 90%: senders pause reading their browsers until it drained. The
@@ -105,6 +133,22 @@ mod tests {
         budget.release(901);
         assert_eq!(budget.used(), 0);
         assert!(!budget.refuses_new_sessions() && !budget.senders_pause());
+    }
+
+    #[test]
+    fn replay_bytes_refuse_new_sessions_but_never_pause_senders() {
+        let budget = AudioBudget::new(1000);
+        budget.hold(700);
+        budget.add(100);
+        assert!(!budget.refuses_new_sessions());
+        budget.hold(1);
+        assert!(budget.refuses_new_sessions());
+        budget.hold(299);
+        assert!(!budget.senders_pause(), "replay alone never pauses");
+        assert!(budget.has_room_for(800), "queues have their own room");
+        budget.unhold(1000);
+        assert_eq!(budget.held(), 0);
+        assert!(!budget.refuses_new_sessions());
     }
 
     #[test]

@@ -13,14 +13,16 @@
 //! the writer drained it, so overload turns into latency, not memory and not
 //! failed sessions), and how long TCP lingers after the close frame.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use awc::ws::{CloseReason, Message as WsMessage};
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
 
 use super::connect::WsFramed;
 use crate::metrics;
@@ -122,7 +124,7 @@ type OnFailure = Arc<dyn Fn(String) + Send + Sync>;
 
 /// A frame for the writer task, with the time its audio reached the gateway.
 struct Outgoing {
-    message: WsMessage,
+    message: Frame,
     received: Option<Instant>,
     /// Bytes counted against the queue bound (0 for replayed audio, which
     /// the replay buffers bound already, and for the close frame).
@@ -161,16 +163,16 @@ impl SocketWriter {
     }
 
     /// [`Self::spawn_joinable`], counting the live bytes it queues in
-    /// `queued_bytes` too (shared by every socket of one thoth endpoint, so
-    /// admission can read it without asking the endpoint's actor). Whatever
+    /// `queued` (shared by every socket of one thoth endpoint, so admission
+    /// can read it without asking the endpoint's actor). Whatever
     /// is still queued when the writer ends is uncounted then.
     pub fn spawn_counted(
         sink: SplitSink<WsFramed, WsMessage>,
         policy: WriterPolicy,
-        queued_bytes: Arc<AtomicUsize>,
+        queued: Arc<QueueGauge>,
         on_failure: impl Fn(String) + Send + Sync + 'static,
     ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
-        let (writer, queue) = Self::unattached(policy, queued_bytes, Arc::new(on_failure));
+        let (writer, queue) = Self::unattached(policy, queued, Arc::new(on_failure));
         let task = actix_rt::spawn(run_writer(
             sink,
             queue,
@@ -183,13 +185,13 @@ impl SocketWriter {
     /// A handle and the queue it feeds, before a writer task takes the queue.
     fn unattached(
         policy: WriterPolicy,
-        queued_bytes: Arc<AtomicUsize>,
+        queued: Arc<QueueGauge>,
         on_failure: OnFailure,
     ) -> (SocketWriter, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbound, queue) = mpsc::unbounded_channel::<Outgoing>();
         let progress = Arc::new(Progress {
             policy,
-            queued_bytes,
+            queued,
             written: AtomicU64::new(0),
             over_watch: Mutex::new(None),
             watching: AtomicBool::new(false),
@@ -218,7 +220,22 @@ impl SocketWriter {
         message: WsMessage,
         received: Option<Instant>,
     ) -> Result<(), SendFailure> {
-        let len = message_len(&message);
+        self.send_frame(Frame::Message(message), received)
+    }
+
+    /// Live audio of one mux session: the writer frames it (session id,
+    /// then `audio`) when it writes it.
+    pub fn send_mux_audio(
+        &self,
+        session_id: Uuid,
+        audio: Bytes,
+        received: Instant,
+    ) -> Result<(), SendFailure> {
+        self.send_frame(Frame::MuxAudio { session_id, audio }, Some(received))
+    }
+
+    fn send_frame(&self, message: Frame, received: Option<Instant>) -> Result<(), SendFailure> {
+        let len = message.len();
         if let Some(why) = self.check_queue(len) {
             self.report_not_reading(why);
             return Err(SendFailure::Stalled);
@@ -235,7 +252,7 @@ impl SocketWriter {
     /// peer that stopped reading).
     pub fn send_uncounted(&self, message: WsMessage) -> Result<(), SendFailure> {
         self.enqueue(Outgoing {
-            message,
+            message: Frame::Message(message),
             received: None,
             counted: 0,
         })
@@ -317,7 +334,7 @@ impl SocketWriter {
     fn check_queue(&self, len: usize) -> Option<&'static str> {
         let progress = &self.progress;
         let policy = &progress.policy;
-        let queued = progress.queued_bytes.load(Ordering::Relaxed) + len;
+        let queued = progress.queued.bytes() + len;
         if queued > policy.max_queued_bytes {
             return Some("outbound queue at its hard bound");
         }
@@ -364,6 +381,8 @@ async fn run_writer(
     // Receive times of the audio in the current batch, observed once the
     // batch is flushed to the socket.
     let mut stamps: Vec<Instant> = Vec::new();
+    // Where mux audio frames are assembled, reused frame after frame.
+    let mut scratch = BytesMut::new();
     let result: Result<(), actix_http::ws::ProtocolError> = async {
         let mut closing = false;
         while let Some(first) = queue.recv().await {
@@ -372,8 +391,9 @@ async fn run_writer(
             while let Some(outgoing) = next {
                 progress.took(outgoing.counted);
                 stamps.extend(outgoing.received);
-                closing = matches!(outgoing.message, WsMessage::Close(_));
-                sink.feed(outgoing.message).await?;
+                closing = outgoing.message.is_close();
+                sink.feed(outgoing.message.into_message(&mut scratch))
+                    .await?;
                 progress.written.fetch_add(1, Ordering::Relaxed);
                 batch += 1;
                 next = if closing { None } else { queue.try_recv().ok() };
@@ -412,7 +432,11 @@ pub fn message_len(message: &WsMessage) -> usize {
     }
 }
 
+mod frame;
+mod gauge;
 mod progress;
+use frame::Frame;
+pub use gauge::QueueGauge;
 use progress::{Progress, Unwritten};
 
 /// Unit tests of the policy decisions, without sockets (in `writer/tests.rs`).

@@ -123,11 +123,11 @@ impl AudioRoute {
     /// Sends a chunk of audio (a whole number of samples, in thoth's
     /// encoding), stamped with when the browser's frame arrived.
     pub fn send(&self, audio: Bytes, received: Instant) -> Routed {
-        // Framed before taking the lock. The copy is also what the replay
-        // keeps: a slice of it, which does not pin the browser socket's
-        // (much larger) read buffer the way `audio` does.
-        let frame = if self.mux {
-            mux_frame::audio_frame(&self.session_id, &audio)
+        // Copied before taking the lock, in mux mode: the copy is what the
+        // replay keeps and what the writer frames. Exact-size, it does not
+        // pin the browser socket's (larger) read buffer the way `audio` does.
+        let audio = if self.mux {
+            Bytes::copy_from_slice(&audio)
         } else {
             audio
         };
@@ -137,7 +137,7 @@ impl AudioRoute {
             return Routed::Dropped;
         }
         if let Some(replay) = state.replay.as_mut() {
-            replay.push(frame.slice(mux_frame::PREFIX_LEN..));
+            replay.push(audio.clone());
             if state.holding {
                 return if replay.resumable() {
                     Routed::Held
@@ -149,8 +149,14 @@ impl AudioRoute {
         let Some(writer) = &state.writer else {
             return Routed::Dropped;
         };
-        metrics::GATEWAY_TO_UPSTREAM.record(frame.len());
-        match writer.send_stamped(WsMessage::Binary(frame), Some(received)) {
+        let sent = if self.mux {
+            metrics::GATEWAY_TO_UPSTREAM.record(mux_frame::PREFIX_LEN + audio.len());
+            writer.send_mux_audio(self.session_id, audio, received)
+        } else {
+            metrics::GATEWAY_TO_UPSTREAM.record(audio.len());
+            writer.send_stamped(WsMessage::Binary(audio), Some(received))
+        };
+        match sent {
             Ok(()) if writer.congested() => Routed::Congested,
             Ok(()) => Routed::Sent,
             // The actor was told (stall) or will be (writer gone) and drops

@@ -34,7 +34,7 @@ pub struct ThothEndpointConfig {
     pub resume_timeout: Duration,
     /// Live bytes queued toward this endpoint's socket(s), kept by their
     /// writers and read lock-free by the pool's admission check.
-    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub queued: Arc<crate::upstream::writer::QueueGauge>,
 }
 
 impl ThothEndpointConfig {

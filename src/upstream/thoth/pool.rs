@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -16,8 +17,14 @@ use super::monitor::{EndpointSnapshot, GetSnapshot};
 use super::mux_actor::Mux;
 use crate::config::{Config, ThothProtocol};
 use crate::error::{ErrorCode, GatewayError};
+use crate::loop_lag;
 use crate::upstream::audio_budget::AUDIO_BUDGET;
-use crate::upstream::writer::THOTH_CONGESTED_QUEUE_BYTES;
+use crate::upstream::writer::{QueueGauge, THOTH_CONGESTED_QUEUE_BYTES};
+
+/// How long the shared socket's queue must stay congested before new
+/// sessions are refused: longer than a scheduling hiccup or a ramp's burst,
+/// well short of the seconds of latency admission is there to prevent.
+pub const CONGESTED_FOR: Duration = Duration::from_millis(500);
 use crate::upstream::{AudioSink, EndSession, Subscribe, Unsubscribe, UpstreamLink};
 
 /// One thoth endpoint as the pool sees it, whichever protocol its actor speaks.
@@ -29,8 +36,8 @@ struct Endpoint {
     /// Written by the actor, read here to choose the least loaded endpoint.
     ref_count: Arc<AtomicUsize>,
     /// Live bytes queued toward the endpoint's socket, written by its writer:
-    /// read here to refuse new sessions while the socket is congested.
-    queued_bytes: Arc<AtomicUsize>,
+    /// read here to refuse new sessions while the socket stays congested.
+    queued: Arc<QueueGauge>,
 }
 
 impl Endpoint {
@@ -39,7 +46,7 @@ impl Endpoint {
         arbiter: &ArbiterHandle,
     ) -> Endpoint {
         let ref_count = Arc::new(AtomicUsize::new(0));
-        let queued_bytes = config.queued_bytes.clone();
+        let queued = config.queued.clone();
         let actor_ref_count = ref_count.clone();
         let addr = ThothUpstreamActor::<P>::start_in_arbiter(arbiter, move |_| {
             ThothUpstreamActor::new(config, actor_ref_count)
@@ -50,7 +57,7 @@ impl Endpoint {
             end: addr.clone().recipient(),
             unsubscribe: addr.recipient(),
             ref_count,
-            queued_bytes,
+            queued,
         }
     }
 
@@ -95,7 +102,7 @@ impl ThothPool {
                     max_frame_bytes: config.max_frame_bytes,
                     replay_max_secs: config.thoth_replay_max.as_secs(),
                     resume_timeout: config.thoth_resume_timeout,
-                    queued_bytes: Arc::default(),
+                    queued: Arc::default(),
                 };
                 match config.thoth_protocol {
                     ThothProtocol::Mux => Endpoint::start::<Mux>(endpoint_config, arbiter),
@@ -109,22 +116,31 @@ impl ThothPool {
         }
     }
 
-    /// Whether a new session must be refused because the gateway is at
-    /// capacity: the shared socket it would use (the least loaded endpoint's,
-    /// in `mux` mode) is over its congestion mark, or the process's audio
-    /// buffering is over 80% of `AUDIO_BUFFER_BUDGET_BYTES`. Lock-free: a
-    /// few atomic loads, no actor round-trip.
-    pub fn at_capacity(&self) -> bool {
+    /// Why a new session must be refused because the gateway is at
+    /// capacity, if it must: the audio it holds for thoth is over 80% of
+    /// `AUDIO_BUFFER_BUDGET_BYTES`; or the shared socket the session would
+    /// use (the least loaded endpoint's, in `mux` mode) has stayed congested
+    /// for [`CONGESTED_FOR`]: thoth is not keeping up; or a public worker's
+    /// event loop runs later than `max_loop_lag`: the gateway itself is not.
+    /// Lock-free: a few atomic loads, no actor round-trip.
+    pub fn at_capacity(&self, max_loop_lag: Option<Duration>) -> Option<&'static str> {
         if AUDIO_BUDGET.refuses_new_sessions() {
-            return true;
+            return Some("audio buffering over 80% of AUDIO_BUFFER_BUDGET_BYTES");
+        }
+        if max_loop_lag.is_some_and(|limit| loop_lag::worst() > limit) {
+            return Some("worker event loops over OVERLOAD_LOOP_LAG_MS");
         }
         if self.protocol != ThothProtocol::Mux {
-            return false; // one socket per session: no shared queue to congest
+            return None; // one socket per session: no shared queue to congest
         }
         self.endpoints
             .iter()
             .min_by_key(|e| e.ref_count.load(Ordering::Relaxed))
-            .is_some_and(|e| e.queued_bytes.load(Ordering::Relaxed) > THOTH_CONGESTED_QUEUE_BYTES)
+            .filter(|e| {
+                e.queued.bytes() > THOTH_CONGESTED_QUEUE_BYTES
+                    && e.queued.congested_for() >= CONGESTED_FOR
+            })
+            .map(|_| "the shared thoth socket stays congested")
     }
 
     /// Subscribes a session to an endpoint: in `mux` mode the least loaded

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::audio::AudioFormat;
+use crate::upstream::audio_budget::{AudioBudget, AUDIO_BUDGET};
 use crate::wire::thoth_mux::{self, MuxCommand};
 
 /// Longest pause between reconnection attempts while sessions wait to resume.
@@ -31,11 +32,23 @@ pub struct ReplayBuffer {
     kept_samples: u64,
     /// End of the last final result: where a resumed session restarts.
     confirmed_sample: u64,
+    /// Where the bytes kept count (the process's audio budget).
+    budget: &'static AudioBudget,
 }
 
 impl ReplayBuffer {
     pub fn new(format: AudioFormat, max_secs: u64) -> ReplayBuffer {
+        Self::counted_in(format, max_secs, &AUDIO_BUDGET)
+    }
+
+    /// [`Self::new`], counting what it keeps in `budget`.
+    pub fn counted_in(
+        format: AudioFormat,
+        max_secs: u64,
+        budget: &'static AudioBudget,
+    ) -> ReplayBuffer {
         ReplayBuffer {
+            budget,
             bytes_per_sample: format.encoding.bytes_per_sample() as u64,
             sample_rate: u64::from(format.sample_rate),
             max_samples: max_secs * u64::from(format.sample_rate),
@@ -50,6 +63,7 @@ impl ReplayBuffer {
     /// the oldest audio is dropped, which makes the session unresumable until
     /// a final result covers the gap.
     pub fn push(&mut self, audio: Bytes) {
+        self.budget.hold(audio.len());
         self.kept_samples += audio.len() as u64 / self.bytes_per_sample;
         self.chunks.push_back(audio);
         if self.kept_samples > self.max_samples {
@@ -87,8 +101,10 @@ impl ReplayBuffer {
             if len <= bytes {
                 bytes -= len;
                 self.chunks.pop_front();
+                self.budget.unhold(len as usize);
             } else {
                 *front = front.slice(bytes as usize..);
+                self.budget.unhold(bytes as usize);
                 bytes = 0;
             }
         }
@@ -112,6 +128,12 @@ impl ReplayBuffer {
     /// Bytes held (for the memory bound).
     pub fn kept_bytes(&self) -> u64 {
         self.kept_samples * self.bytes_per_sample
+    }
+}
+
+impl Drop for ReplayBuffer {
+    fn drop(&mut self) {
+        self.budget.unhold(self.chunks.iter().map(Bytes::len).sum());
     }
 }
 
@@ -184,6 +206,30 @@ mod tests {
 
     fn kept(buffer: &ReplayBuffer) -> Vec<u8> {
         buffer.chunks().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn what_it_keeps_counts_in_the_budget_until_confirmed_or_dropped() {
+        let budget: &'static AudioBudget = Box::leak(Box::new(AudioBudget::new(1 << 20)));
+        let format = AudioFormat {
+            encoding: Encoding::S16le,
+            sample_rate: 1000,
+        };
+        let mut b = ReplayBuffer::counted_in(format, 10, budget);
+        b.push(Bytes::from(vec![0; 3000]));
+        b.push(Bytes::from(vec![0; 1000]));
+        assert_eq!(budget.held(), 4000);
+        b.confirm(1.25); // 2500 bytes confirmed: one chunk and part of it
+        assert_eq!(budget.held(), 1500);
+        assert_eq!(b.kept_bytes(), 1500);
+        // Over its own bound the oldest audio goes, and is uncounted.
+        let mut small = ReplayBuffer::counted_in(format, 1, budget);
+        small.push(Bytes::from(vec![0; 1500]));
+        small.push(Bytes::from(vec![0; 1500]));
+        assert_eq!(budget.held(), 1500 + 2000);
+        drop(small);
+        drop(b);
+        assert_eq!(budget.held(), 0, "dropped buffers give everything back");
     }
 
     #[test]

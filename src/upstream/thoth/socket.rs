@@ -165,9 +165,9 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
     ) {
         let (sink, source) = framed.split();
         let actor = ctx.address();
-        let queued_bytes = self.config.queued_bytes.clone();
+        let queued = self.config.queued.clone();
         let (writer, writer_task) =
-            SocketWriter::spawn_counted(sink, WriterPolicy::THOTH, queued_bytes, move |reason| {
+            SocketWriter::spawn_counted(sink, WriterPolicy::THOTH, queued, move |reason| {
                 actor.do_send(WriterFailed { generation, reason })
             });
         let frames = source

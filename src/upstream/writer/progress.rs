@@ -3,12 +3,13 @@
 //! progress, and the paused senders to wake; and the queue's last word,
 //! uncounting what a writer that ends did not write.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
+use super::gauge::QueueGauge;
 use super::{Outgoing, WriterPolicy};
 use crate::upstream::audio_budget::AUDIO_BUDGET;
 
@@ -18,7 +19,7 @@ pub(super) struct Progress {
     /// Live bytes handed to the writer and not yet taken from the queue;
     /// shared with the writer's owner, who may read it lock-free (the thoth
     /// pool's admission check) and hands it on to the next socket's writer.
-    pub(super) queued_bytes: Arc<AtomicUsize>,
+    pub(super) queued: Arc<QueueGauge>,
     /// Frames the writer handed to the socket: its progress.
     pub(super) written: AtomicU64,
     /// When the queue went over its watch mark, and the written count then.
@@ -41,19 +42,18 @@ impl Progress {
     }
 
     pub(super) fn locally_congested(&self) -> bool {
-        self.policy
-            .congested(self.queued_bytes.load(Ordering::SeqCst))
+        self.policy.congested(self.queued.bytes())
     }
 
     pub(super) fn count(&self, bytes: usize) {
-        self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.queued.add(bytes, self.policy.congested_above);
         if self.policy.budgeted {
             AUDIO_BUDGET.add(bytes);
         }
     }
 
     pub(super) fn uncount(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.queued.sub(bytes, self.policy.congested_above);
         if self.policy.budgeted {
             AUDIO_BUDGET.release(bytes);
         }

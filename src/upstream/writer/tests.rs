@@ -2,7 +2,6 @@
 //! drains: the test plays the writer task (taking frames, making progress).
 
 use super::*;
-use bytes::Bytes;
 
 /// A policy with small, readable numbers: pushed back over 100 bytes,
 /// watched over 200, refused over 400.
@@ -77,7 +76,7 @@ fn a_writer_whose_task_is_gone_refuses_as_closed_and_counts_nothing() {
     drop(queue);
     assert_eq!(writer.send(audio(50)), Err(SendFailure::Closed));
     assert_eq!(writer.send_uncounted(audio(50)), Err(SendFailure::Closed));
-    assert_eq!(writer.progress.queued_bytes.load(Ordering::SeqCst), 0);
+    assert_eq!(writer.progress.queued.bytes(), 0);
     // Gone is not a stall: the owner learns of it from the writer task.
     assert!(told.lock().unwrap().is_empty());
 }
@@ -162,13 +161,13 @@ fn the_close_frame_is_queued_past_the_bound() {
     writer.close(CloseReason::from(awc::ws::CloseCode::Normal));
     take_one(&writer, &mut queue);
     let last = queue.try_recv().expect("the close frame");
-    assert!(matches!(last.message, WsMessage::Close(_)));
+    assert!(last.message.is_close());
     assert_eq!(last.counted, 0);
 }
 
 #[test]
 fn live_bytes_count_in_the_shared_counter_until_written_or_dropped_with_the_queue() {
-    let shared = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(QueueGauge::default());
     let on_failure: OnFailure = Arc::new(|_| {});
     let (writer, queue) = SocketWriter::unattached(SMALL, shared.clone(), on_failure);
     let mut queue = Unwritten {
@@ -178,14 +177,14 @@ fn live_bytes_count_in_the_shared_counter_until_written_or_dropped_with_the_queu
     writer.send(audio(30)).unwrap();
     writer.send(audio(50)).unwrap();
     writer.send_uncounted(audio(1000)).unwrap();
-    assert_eq!(shared.load(Ordering::SeqCst), 80);
+    assert_eq!(shared.bytes(), 80);
     let first = queue.queue.try_recv().unwrap();
     writer.progress.took(first.counted);
-    assert_eq!(shared.load(Ordering::SeqCst), 50);
+    assert_eq!(shared.bytes(), 50);
     // The writer ends with frames unwritten: they no longer count, so the
     // next socket of the endpoint does not look congested.
     drop(queue);
-    assert_eq!(shared.load(Ordering::SeqCst), 0);
+    assert_eq!(shared.bytes(), 0);
     assert_eq!(writer.send(audio(10)), Err(SendFailure::Closed));
-    assert_eq!(shared.load(Ordering::SeqCst), 0);
+    assert_eq!(shared.bytes(), 0);
 }
