@@ -181,7 +181,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--overload" => overload = true,
             "--audio-budget-mib" => {
                 let mib = num(it.next(), arg)?;
-                if !(mib >= 1.0 && mib <= MAX_AUDIO_BUDGET_MIB) {
+                if !(1.0..=MAX_AUDIO_BUDGET_MIB).contains(&mib) {
                     return Err(format!("{arg} must be in [1, {MAX_AUDIO_BUDGET_MIB}]"));
                 }
                 opts.audio_budget_mib = Some(mib as u64);
@@ -354,4 +354,58 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             .push(figure(&name, plan, direct, mode != Mode::Connect));
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Options, String> {
+        parse_args(
+            &args
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn an_overload_figure_is_named_for_its_profile_and_expects_refusals() {
+        let opts = parse("--profile chronus --overload --sessions 10000 --no-direct --no-relay")
+            .expect("valid options");
+        let figure = &opts.figures[0];
+        assert_eq!(figure.name, "overload-chronus-10000");
+        assert!(figure.plan.overload);
+        assert_eq!(figure.plan.ramp, Duration::from_secs(20));
+        assert!(!figure.direct && !figure.relay);
+
+        let realtime = parse("--overload --sessions 600").expect("valid options");
+        assert_eq!(realtime.figures[0].name, "overload-realtime-600");
+        assert_eq!(realtime.figures[0].plan.ramp, OVERLOAD_MIN_RAMP);
+    }
+
+    #[test]
+    fn ramp_given_overrides_the_overload_default() {
+        let opts = parse("--overload --sessions 10000 --ramp 5").expect("valid options");
+        assert_eq!(opts.figures[0].plan.ramp, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_overload_figures_expect_refusals() {
+        let normal = parse("--profile chronus --sessions 1000").expect("valid options");
+        assert!(normal.figures.iter().all(|f| !f.plan.overload));
+        let find_max = parse("--profile chronus --find-max").expect("valid options");
+        assert!(!find_max.find_max.expect("find-max plan").3.overload);
+        assert!(parse("--overload --find-max").is_err());
+        assert!(parse("--overload --suite").is_err());
+        assert!(parse("--overload --smoke").is_err());
+    }
+
+    #[test]
+    fn budget_and_session_cap_reach_the_options() {
+        let opts = parse("--audio-budget-mib 128 --max-sessions 4000").expect("valid options");
+        assert_eq!(opts.audio_budget_mib, Some(128));
+        assert_eq!(opts.max_sessions, Some(4000));
+        assert!(parse("--audio-budget-mib 0").is_err());
+    }
 }

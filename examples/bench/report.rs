@@ -576,3 +576,21 @@ pub fn json(records: &[RunRecord], repeat: usize, find_max: Option<&FindMax>) ->
         })),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(failures: f64, p99_ms: f64) -> Figures {
+        Figures::from([("failures", failures), ("p99_ms", p99_ms)])
+    }
+
+    #[test]
+    fn an_overload_figure_passes_with_no_failures_and_p99_under_100_ms() {
+        assert!(overload_passes(&figures(0.0, 99.9)));
+        assert!(!overload_passes(&figures(0.0, 100.0)));
+        assert!(!overload_passes(&figures(1.0, 10.0)));
+        // Nobody admitted: no latency to vouch for.
+        assert!(!overload_passes(&figures(0.0, f64::NAN)));
+    }
+}
