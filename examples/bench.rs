@@ -6,6 +6,7 @@
 //! cargo build --release --examples --bin chronus-gateway
 //! cargo run --release --example bench -- --mode realtime --sessions 1000 --seconds 10
 //! cargo run --release --example bench -- --profile chronus --sessions 3000
+//! cargo run --release --example bench -- --profile chronus --overload --sessions 10000 --no-direct --no-relay
 //! cargo run --release --example bench -- --suite --repeat 3 --json bench.json
 //! cargo run --example bench -- --smoke --gateway-bin target/debug/chronus-gateway
 //! ```

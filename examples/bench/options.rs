@@ -41,7 +41,8 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
                       refused, not as a failure, and stops; the admitted ones keep
                       every check. Reports admitted, refused, connect → refusal p99
                       and whether admitted p99 < 100 ms with zero failures.
-                      Ramp default N/500 s, at least 2. Elsewhere a refusal is a failure
+                      Ramp: N/500 s, at least 2, unless --ramp. Any other figure
+                      counts a refusal as a failure
   --audio-budget-mib M  start the gateway with AUDIO_BUFFER_BUDGET_BYTES = M MiB;
                       the report shows its peak RSS next to it
   --max-sessions N    start the gateway with MAX_SESSIONS = N (default 1000000)
