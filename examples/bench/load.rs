@@ -30,6 +30,8 @@ use crate::track::{micros, Track};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the window, sessions have this long to receive their last acks and `done`.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// A refused session answers the gateway's close within this, then goes.
+const REFUSED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Error texts kept for the report, at most, and at most this many per session.
 pub const MAX_ERROR_SAMPLES: usize = 24;
 pub const MAX_ERROR_SAMPLES_PER_SESSION: usize = 2;
@@ -356,15 +358,22 @@ async fn gateway_session(
         Ok(Opening::Ready) => {}
         Ok(Opening::Refused(after)) => {
             // A refused session stops: no audio, no retry.
-            let mut r = result.borrow_mut();
-            r.refused += 1;
-            let _ = r.refuse_latency.record(micros(after));
-            if !plan.overload {
-                r.failures.no_ready += 1;
-                r.error(format!(
-                    "session {index}: refused ({REFUSAL_CODE}, close 1013) in a figure that is not --overload"
-                ));
+            {
+                let mut r = result.borrow_mut();
+                r.refused += 1;
+                let _ = r.refuse_latency.record(micros(after));
+                if !plan.overload {
+                    r.failures.no_ready += 1;
+                    r.error(format!(
+                        "session {index}: refused ({REFUSAL_CODE}, close 1013) in a figure that is not --overload"
+                    ));
+                }
             }
+            // Answer the gateway's close, as a browser does, bounded.
+            let _ = timeout(REFUSED_CLOSE_TIMEOUT, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
             return;
         }
         Err(e) => {
