@@ -6,6 +6,7 @@
 //! cargo build --release --examples --bin chronus-gateway
 //! cargo run --release --example bench -- --mode realtime --sessions 1000 --seconds 10
 //! cargo run --release --example bench -- --profile chronus --sessions 3000
+//! cargo run --release --example bench -- --profile chronus --overload --sessions 10000 --no-direct --no-relay
 //! cargo run --release --example bench -- --suite --repeat 3 --json bench.json
 //! cargo run --example bench -- --smoke --gateway-bin target/debug/chronus-gateway
 //! ```
@@ -28,6 +29,8 @@ mod micro;
 mod options;
 #[path = "bench/profile.rs"]
 mod profile;
+#[path = "bench/refusal.rs"]
+mod refusal;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/thoth.rs"]
@@ -80,6 +83,8 @@ fn run_side(
         Side::Gateway => {
             let settings = GatewaySettings {
                 max_audio_rate: if plan.mode == Mode::Flood { 1e6 } else { 4.0 },
+                max_sessions: opts.max_sessions,
+                audio_budget_mib: opts.audio_budget_mib,
             };
             let gw = GatewayProcess::start(binary, &thoth.url(), &settings)?;
             let users = users.unwrap_or(plan.sessions.clamp(1, 1000));
@@ -137,6 +142,10 @@ fn run_side(
             gateway_log_lines,
             gateway_log_tail,
             thoth: thoth_checks,
+            audio_budget_mib: match side {
+                Side::Gateway => opts.audio_budget_mib,
+                Side::LeanRelay | Side::Direct => None,
+            },
         },
     ))
 }

@@ -16,9 +16,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long it may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings the load decides.
+/// `MAX_SESSIONS` and `MAX_SESSIONS_PER_USER` unless `--max-sessions` is
+/// given: no cap of the gateway's own gets in the load's way.
+const UNCAPPED_SESSIONS: usize = 1_000_000;
+const BYTES_PER_MIB: u64 = 1024 * 1024;
+
+/// Settings the load and the command line decide.
 pub struct GatewaySettings {
     pub max_audio_rate: f64,
+    /// `MAX_SESSIONS`; [`UNCAPPED_SESSIONS`] when `None`.
+    pub max_sessions: Option<usize>,
+    /// `AUDIO_BUFFER_BUDGET_BYTES` = this many MiB; the gateway's default when `None`.
+    pub audio_budget_mib: Option<u64>,
 }
 
 /// A running gateway process; stopped (SIGTERM, then SIGKILL) when dropped.
@@ -78,7 +87,7 @@ impl GatewayProcess {
                 Ok(())
             });
         }
-        let child = command
+        command
             .arg("serve")
             // Its own directory: no stray `.env` is read, the SQLite file lands here.
             .current_dir(&dir)
@@ -91,13 +100,27 @@ impl GatewayProcess {
             .env("THOTH_WS_URL", thoth_url)
             .env("THOTH_PROTOCOL", "mux")
             .env("DATABASE_URL", dir.join("gateway.db"))
-            .env("MAX_SESSIONS", "1000000")
-            .env("MAX_SESSIONS_PER_USER", "1000000")
+            .env(
+                "MAX_SESSIONS",
+                settings
+                    .max_sessions
+                    .unwrap_or(UNCAPPED_SESSIONS)
+                    .to_string(),
+            )
+            .env("MAX_SESSIONS_PER_USER", UNCAPPED_SESSIONS.to_string())
             .env("MAX_AUDIO_RATE", settings.max_audio_rate.to_string())
             .env("IDLE_TIMEOUT_SECS", "3600")
             .env("THOTH_IDLE_CLOSE_SECS", "3600")
             .env("SHUTDOWN_GRACE_SECS", "1")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        // After `env_clear` above, like every other setting.
+        if let Some(mib) = settings.audio_budget_mib {
+            command.env(
+                "AUDIO_BUFFER_BUDGET_BYTES",
+                (mib * BYTES_PER_MIB).to_string(),
+            );
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -22,6 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::audio::{find_ack, Ack};
 use crate::direct::direct;
 use crate::profile::Profile;
+use crate::refusal::{completes_refusal, is_refusal_envelope, AfterEnvelope, REFUSAL_CODE};
 pub use crate::track::LoadResult;
 use crate::track::{micros, Track};
 
@@ -29,6 +30,8 @@ use crate::track::{micros, Track};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the window, sessions have this long to receive their last acks and `done`.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// A refused session answers the gateway's close within this, then goes.
+const REFUSED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Error texts kept for the report, at most, and at most this many per session.
 pub const MAX_ERROR_SAMPLES: usize = 24;
 pub const MAX_ERROR_SAMPLES_PER_SESSION: usize = 2;
@@ -96,6 +99,9 @@ pub struct LoadPlan {
     pub window: usize,
     /// Connect: connections being opened at once.
     pub concurrency: usize,
+    /// An overload figure (`--overload`): sessions refused at capacity
+    /// (`refusal.rs`) are expected and counted as `refused`, not as failures.
+    pub overload: bool,
 }
 
 impl LoadPlan {
@@ -275,21 +281,53 @@ fn gateway_event(text: &str) -> Event {
     }
 }
 
+/// How a session's opening ended, short of a failure.
+enum Opening {
+    Ready,
+    /// Refused at capacity (`refusal.rs`), this long after its connect started.
+    Refused(Duration),
+}
+
 /// Waits for `ready`; audio is never sent before it (the browser may, but
 /// then the first latencies would measure the gateway's pre-ready buffer).
-async fn wait_ready(ws: &mut Ws, deadline: Instant) -> Result<(), String> {
+/// A refusal at capacity is told apart from every other error here; whether
+/// it is a failure is the caller's to decide.
+async fn wait_ready(ws: &mut Ws, started: Instant, deadline: Instant) -> Result<Opening, String> {
+    let mut first_text = true;
     loop {
         match timeout_at(deadline, ws.next()).await {
             Err(_) => return Err("no ready in time".into()),
-            Ok(Some(Ok(Message::Text(t)))) => match gateway_event(t.as_str()) {
-                Event::Ready => return Ok(()),
-                Event::Error(e) => return Err(e),
-                _ => {}
-            },
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if first_text && is_refusal_envelope(t.as_str()) {
+                    let refused_after = started.elapsed();
+                    completes_refusal(after_envelope(ws, deadline).await)?;
+                    return Ok(Opening::Refused(refused_after));
+                }
+                first_text = false;
+                match gateway_event(t.as_str()) {
+                    Event::Ready => return Ok(Opening::Ready),
+                    Event::Error(e) => return Err(e),
+                    _ => {}
+                }
+            }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => return Err(format!("closed before ready: {e}")),
             Ok(None) => return Err("closed before ready".into()),
         }
+    }
+}
+
+/// The frame that follows a refusal's envelope (pings and pongs aside).
+async fn after_envelope(ws: &mut Ws, deadline: Instant) -> AfterEnvelope {
+    loop {
+        return match timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                AfterEnvelope::Close(frame.map(|f| u16::from(f.code)))
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => AfterEnvelope::Data,
+            Ok(Some(Err(_)) | None) | Err(_) => AfterEnvelope::Ended,
+        };
     }
 }
 
@@ -316,10 +354,33 @@ async fn gateway_session(
             return r.error(format!("session {index}: connect timed out"));
         }
     };
-    if let Err(e) = wait_ready(&mut ws, started + CONNECT_TIMEOUT).await {
-        let mut r = result.borrow_mut();
-        r.failures.no_ready += 1;
-        return r.error(format!("session {index}: {e}"));
+    match wait_ready(&mut ws, started, started + CONNECT_TIMEOUT).await {
+        Ok(Opening::Ready) => {}
+        Ok(Opening::Refused(after)) => {
+            // A refused session stops: no audio, no retry.
+            {
+                let mut r = result.borrow_mut();
+                r.refused += 1;
+                let _ = r.refuse_latency.record(micros(after));
+                if !plan.overload {
+                    r.failures.no_ready += 1;
+                    r.error(format!(
+                        "session {index}: refused ({REFUSAL_CODE}, close 1013) in a figure that is not --overload"
+                    ));
+                }
+            }
+            // Answer the gateway's close, as a browser does, bounded.
+            let _ = timeout(REFUSED_CLOSE_TIMEOUT, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            return;
+        }
+        Err(e) => {
+            let mut r = result.borrow_mut();
+            r.failures.no_ready += 1;
+            return r.error(format!("session {index}: {e}"));
+        }
     }
     {
         let mut r = result.borrow_mut();
@@ -497,8 +558,11 @@ async fn connect_worker(
         let started = Instant::now();
         let opened = timeout(CONNECT_TIMEOUT, async {
             let mut ws = open_browser_session(addr, token).await?;
-            wait_ready(&mut ws, started + CONNECT_TIMEOUT).await?;
-            Ok::<_, String>(ws)
+            match wait_ready(&mut ws, started, started + CONNECT_TIMEOUT).await? {
+                Opening::Ready => Ok(ws),
+                // Connect figures measure admission: a refusal is a failure.
+                Opening::Refused(_) => Err(format!("refused ({REFUSAL_CODE}, close 1013)")),
+            }
         })
         .await;
         let ready_at = Instant::now();

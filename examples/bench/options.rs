@@ -35,6 +35,17 @@ USAGE: cargo run --release --example bench -- [OPTIONS]
   --suite             every figure of docs/performance.md, both profiles
   --repeat R          run each figure R times, report medians (default 1)
   --micro             CPU cost of the gateway's per-frame library work (no sockets)
+  --overload          an overload figure (overload-<profile>-<N>), either profile: offer N
+                      sessions (say 2× the capacity); a session refused at capacity
+                      (THOTH_BUSY, retryable, close 1013, before ready) counts as
+                      refused, not as a failure, and stops; the admitted ones keep
+                      every check. Reports admitted, refused, connect → refusal p99
+                      and whether admitted p99 < 100 ms with zero failures.
+                      Ramp: N/500 s, at least 2, unless --ramp. Any other figure
+                      counts a refusal as a failure
+  --audio-budget-mib M  start the gateway with AUDIO_BUFFER_BUDGET_BYTES = M MiB;
+                      the report shows its peak RSS next to it
+  --max-sessions N    start the gateway with MAX_SESSIONS = N (default 1000000)
   --smoke             20 real-time sessions for 2 s, 20 chronus-profile sessions for
                       4 s, through the gateway and direct; exit 1 on any failure
   --gateway-bin PATH  gateway binary (default: chronus-gateway next to this example)
@@ -67,6 +78,22 @@ pub struct Options {
     pub final_every: u64,
     /// `--find-max` also finds the lean relay's maximum.
     pub find_max_relay: bool,
+    /// The gateway's `AUDIO_BUFFER_BUDGET_BYTES`, in MiB (its default when `None`).
+    pub audio_budget_mib: Option<u64>,
+    /// The gateway's `MAX_SESSIONS` (the bench's default when `None`).
+    pub max_sessions: Option<usize>,
+}
+
+/// `--audio-budget-mib` at most (1 TiB): the product in bytes stays far from overflow.
+const MAX_AUDIO_BUDGET_MIB: f64 = 1024.0 * 1024.0;
+/// An overload figure's default ramp: N ÷ this many sessions per second…
+const OVERLOAD_RAMP_SESSIONS_PER_S: f64 = 500.0;
+/// …and at least this long, so the gateway's admission sees the load build up.
+const OVERLOAD_MIN_RAMP: Duration = Duration::from_secs(2);
+
+/// An overload figure's ramp unless `--ramp` says otherwise.
+fn overload_ramp(sessions: usize) -> Duration {
+    Duration::from_secs_f64(sessions as f64 / OVERLOAD_RAMP_SESSIONS_PER_S).max(OVERLOAD_MIN_RAMP)
 }
 
 fn plan_for(mode: Mode, profile: Profile, sessions: Option<usize>, seconds: f64) -> LoadPlan {
@@ -85,6 +112,7 @@ fn plan_for(mode: Mode, profile: Profile, sessions: Option<usize>, seconds: f64)
         client_threads: 2,
         window: 32,
         concurrency: 64,
+        overload: false,
     }
 }
 
@@ -103,6 +131,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut find_max = false;
     let (mut from, mut to, mut step) = (1000, 8000, 500);
     let mut suite = false;
+    let mut overload = false;
     let mut opts = Options {
         figures: Vec::new(),
         find_max: None,
@@ -115,6 +144,8 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         micro: false,
         final_every: thoth::DEFAULT_FINAL_EVERY_FRAMES,
         find_max_relay: false,
+        audio_budget_mib: None,
+        max_sessions: None,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, name: &str| -> Result<f64, String> {
@@ -148,6 +179,15 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--to" => to = num(it.next(), arg)? as usize,
             "--step" => step = (num(it.next(), arg)? as usize).max(1),
             "--suite" => suite = true,
+            "--overload" => overload = true,
+            "--audio-budget-mib" => {
+                let mib = num(it.next(), arg)?;
+                if !(1.0..=MAX_AUDIO_BUDGET_MIB).contains(&mib) {
+                    return Err(format!("{arg} must be in [1, {MAX_AUDIO_BUDGET_MIB}]"));
+                }
+                opts.audio_budget_mib = Some(mib as u64);
+            }
+            "--max-sessions" => opts.max_sessions = Some(num(it.next(), arg)?.max(1.0) as usize),
             "--micro" => opts.micro = true,
             "--repeat" => opts.repeat = (num(it.next(), arg)? as usize).max(1),
             "--smoke" => opts.smoke = true,
@@ -162,6 +202,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     if !(seconds > 0.0 && seconds <= 3600.0) {
         return Err("--seconds must be in (0, 3600]".into());
+    }
+    if overload && (opts.smoke || suite || find_max || mode == Mode::Connect) {
+        // Those figures measure capacity or admission: a refusal there is a failure.
+        return Err("--overload is a figure of its own: not with --smoke, --suite, --find-max or --mode connect".into());
     }
     let customize = |mut plan: LoadPlan| {
         if let Some(r) = ramp {
@@ -283,6 +327,21 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         let plan = customize(plan_for(Mode::Realtime, profile, None, seconds));
         opts.find_max = Some((from, to.max(from), step, plan));
         opts.find_max_relay = relay;
+    } else if overload {
+        let mut plan = plan_for(mode, profile, sessions, seconds);
+        plan.overload = true;
+        plan.ramp = overload_ramp(plan.sessions);
+        let plan = customize(plan);
+        let name = match mode {
+            Mode::Realtime => format!("overload-{}-{}", profile.as_str(), plan.sessions),
+            _ => format!(
+                "overload-{}-{}-{}",
+                profile.as_str(),
+                mode.as_str(),
+                plan.sessions
+            ),
+        };
+        opts.figures.push(figure(&name, plan, direct, true));
     } else {
         let plan = customize(plan_for(mode, profile, sessions, seconds));
         let name = match (mode, profile) {
@@ -296,4 +355,58 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             .push(figure(&name, plan, direct, mode != Mode::Connect));
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Options, String> {
+        parse_args(
+            &args
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn an_overload_figure_is_named_for_its_profile_and_expects_refusals() {
+        let opts = parse("--profile chronus --overload --sessions 10000 --no-direct --no-relay")
+            .expect("valid options");
+        let figure = &opts.figures[0];
+        assert_eq!(figure.name, "overload-chronus-10000");
+        assert!(figure.plan.overload);
+        assert_eq!(figure.plan.ramp, Duration::from_secs(20));
+        assert!(!figure.direct && !figure.relay);
+
+        let realtime = parse("--overload --sessions 600").expect("valid options");
+        assert_eq!(realtime.figures[0].name, "overload-realtime-600");
+        assert_eq!(realtime.figures[0].plan.ramp, OVERLOAD_MIN_RAMP);
+    }
+
+    #[test]
+    fn ramp_given_overrides_the_overload_default() {
+        let opts = parse("--overload --sessions 10000 --ramp 5").expect("valid options");
+        assert_eq!(opts.figures[0].plan.ramp, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_overload_figures_expect_refusals() {
+        let normal = parse("--profile chronus --sessions 1000").expect("valid options");
+        assert!(normal.figures.iter().all(|f| !f.plan.overload));
+        let find_max = parse("--profile chronus --find-max").expect("valid options");
+        assert!(!find_max.find_max.expect("find-max plan").3.overload);
+        assert!(parse("--overload --find-max").is_err());
+        assert!(parse("--overload --suite").is_err());
+        assert!(parse("--overload --smoke").is_err());
+    }
+
+    #[test]
+    fn budget_and_session_cap_reach_the_options() {
+        let opts = parse("--audio-budget-mib 128 --max-sessions 4000").expect("valid options");
+        assert_eq!(opts.audio_budget_mib, Some(128));
+        assert_eq!(opts.max_sessions, Some(4000));
+        assert!(parse("--audio-budget-mib 0").is_err());
+    }
 }

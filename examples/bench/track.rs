@@ -69,6 +69,9 @@ pub struct LoadResult {
     pub send_lag: Histogram<u64>,
     /// Connect mode: connect → `ready`, µs.
     pub connect_latency: Histogram<u64>,
+    /// Sessions refused at capacity (`refusal.rs`): connect started → the
+    /// refusal's error envelope, µs.
+    pub refuse_latency: Histogram<u64>,
     pub frames_in_window: u64,
     pub bytes_in_window: u64,
     /// Acks received inside the window, and the audio bytes they cover.
@@ -77,6 +80,9 @@ pub struct LoadResult {
     pub frames_total: u64,
     pub acks_total: u64,
     pub sessions_ready: u64,
+    /// Sessions refused at capacity before `ready`. In an overload figure
+    /// they are expected; in any other they are also counted as `no_ready`.
+    pub refused: u64,
     /// Sessions that became ready only after the window started.
     pub ready_late: u64,
     /// Connect mode: sessions that reached `ready` inside the window.
@@ -95,6 +101,7 @@ impl Default for LoadResult {
             latency: histogram(),
             send_lag: histogram(),
             connect_latency: histogram(),
+            refuse_latency: histogram(),
             frames_in_window: 0,
             bytes_in_window: 0,
             acked_frames_in_window: 0,
@@ -102,6 +109,7 @@ impl Default for LoadResult {
             frames_total: 0,
             acks_total: 0,
             sessions_ready: 0,
+            refused: 0,
             ready_late: 0,
             connects_in_window: 0,
             failures: Failures::default(),
@@ -116,6 +124,7 @@ impl LoadResult {
         let _ = self.latency.add(&o.latency);
         let _ = self.send_lag.add(&o.send_lag);
         let _ = self.connect_latency.add(&o.connect_latency);
+        let _ = self.refuse_latency.add(&o.refuse_latency);
         self.frames_in_window += o.frames_in_window;
         self.bytes_in_window += o.bytes_in_window;
         self.acked_frames_in_window += o.acked_frames_in_window;
@@ -123,6 +132,7 @@ impl LoadResult {
         self.frames_total += o.frames_total;
         self.acks_total += o.acks_total;
         self.sessions_ready += o.sessions_ready;
+        self.refused += o.refused;
         self.ready_late += o.ready_late;
         self.connects_in_window += o.connects_in_window;
         self.failures.add(&o.failures);
@@ -328,6 +338,7 @@ mod tests {
             client_threads: 1,
             window: 1,
             concurrency: 1,
+            overload: false,
         }
     }
 
