@@ -155,7 +155,7 @@ impl MistralProxyActor {
         if self.socket.is_closed() {
             return; // the browser left meanwhile; dropping `framed` closes it
         }
-        let (sink, source) = framed.split();
+        let (source, sink) = crate::upstream::writer::sink::split(framed);
         let actor = ctx.address();
         let writer = SocketWriter::spawn(sink, WriterPolicy::MISTRAL, move |reason| {
             actor.do_send(WriterFailed { reason })

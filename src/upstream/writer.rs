@@ -19,12 +19,9 @@ use std::time::{Duration, Instant};
 
 use awc::ws::{CloseReason, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use super::connect::WsFramed;
 use crate::metrics;
 
 /// Live bytes queued toward a thoth socket above which sessions pause reading
@@ -145,7 +142,7 @@ impl SocketWriter {
     /// hears why the peer was given up (a failed write, or a stall a sender
     /// found); it is not called for a clean close.
     pub fn spawn(
-        sink: SplitSink<WsFramed, WsMessage>,
+        sink: FrameSink,
         policy: WriterPolicy,
         on_failure: impl Fn(String) + Send + Sync + 'static,
     ) -> SocketWriter {
@@ -155,7 +152,7 @@ impl SocketWriter {
     /// [`Self::spawn`], also returning the task, for an owner that must be
     /// able to abort a writer that cannot finish closing.
     pub fn spawn_joinable(
-        sink: SplitSink<WsFramed, WsMessage>,
+        sink: FrameSink,
         policy: WriterPolicy,
         on_failure: impl Fn(String) + Send + Sync + 'static,
     ) -> (SocketWriter, actix_rt::task::JoinHandle<()>) {
@@ -167,7 +164,7 @@ impl SocketWriter {
     /// can read it without asking the endpoint's actor). Whatever
     /// is still queued when the writer ends is uncounted then.
     pub fn spawn_counted(
-        sink: SplitSink<WsFramed, WsMessage>,
+        sink: FrameSink,
         policy: WriterPolicy,
         queued: Arc<QueueGauge>,
         on_failure: impl Fn(String) + Send + Sync + 'static,
@@ -365,10 +362,11 @@ impl SocketWriter {
     }
 }
 
-/// The writer task: drains the queue into the socket, one flush per wake-up,
-/// until a close frame was written or every sender is gone.
+/// The writer task: drains the queue into one batch and writes it (one
+/// write per wake-up, or per [`sink::MAX_BATCH_BYTES`]), until a close frame
+/// was written or every sender is gone.
 async fn run_writer(
-    mut sink: SplitSink<WsFramed, WsMessage>,
+    mut sink: FrameSink,
     queue: mpsc::UnboundedReceiver<Outgoing>,
     progress: Arc<Progress>,
     on_failure: OnFailure,
@@ -388,24 +386,32 @@ async fn run_writer(
         while let Some(first) = queue.recv().await {
             let mut next = Some(first);
             let mut batch = 0;
+            let mut emptied = false;
             while let Some(outgoing) = next {
                 progress.took(outgoing.counted);
                 stamps.extend(outgoing.received);
                 closing = outgoing.message.is_close();
-                sink.feed(outgoing.message.into_message(&mut scratch))
-                    .await?;
-                progress.written.fetch_add(1, Ordering::Relaxed);
+                sink.encode(outgoing.message.into_message(&mut scratch))?;
                 batch += 1;
-                next = if closing { None } else { queue.try_recv().ok() };
+                next = if closing || sink.batch_full() {
+                    None
+                } else {
+                    let more = queue.try_recv().ok();
+                    emptied = more.is_none();
+                    more
+                };
             }
             sink.flush().await?;
+            progress.written.fetch_add(batch, Ordering::Relaxed);
             for received in stamps.drain(..) {
                 metrics::LATENCY_UPSTREAM.observe(received.elapsed().as_secs_f64());
             }
             if closing {
                 break;
             }
-            if batch > 1 {
+            // Frames came faster than one per wake-up, and none waits now:
+            // let the next ones gather. (A batch cut for size goes on at once.)
+            if batch > 1 && emptied {
                 actix_rt::time::sleep(COALESCE_UNDER_LOAD).await;
             }
         }
@@ -435,9 +441,11 @@ pub fn message_len(message: &WsMessage) -> usize {
 mod frame;
 mod gauge;
 mod progress;
+pub mod sink;
 use frame::Frame;
 pub use gauge::QueueGauge;
 use progress::{Progress, Unwritten};
+use sink::FrameSink;
 
 /// Unit tests of the policy decisions, without sockets (in `writer/tests.rs`).
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::metrics;
 use crate::store::SecretString;
 use crate::upstream::connect::WsFramed;
-use crate::upstream::writer::{SendFailure, SocketWriter, WriterPolicy};
+use crate::upstream::writer::{self, SendFailure, SocketWriter, WriterPolicy};
 use crate::upstream::{
     ClientHandle, EndSession, SessionAudio, Subscribe, Unsubscribe, UpstreamEvent,
 };
@@ -171,7 +171,7 @@ impl MistralUpstreamActor {
 
     fn on_connected(&mut self, framed: WsFramed, ctx: &mut Context<Self>) {
         let socket = self.socket;
-        let (sink, source) = framed.split();
+        let (source, sink) = writer::sink::split(framed);
         let actor = ctx.address();
         self.writer = Some(SocketWriter::spawn(
             sink,

@@ -163,7 +163,7 @@ impl<P: EndpointProtocol> ThothUpstreamActor<P> {
         framed: connect::WsFramed,
         ctx: &mut Context<Self>,
     ) {
-        let (sink, source) = framed.split();
+        let (source, sink) = crate::upstream::writer::sink::split(framed);
         let actor = ctx.address();
         let queued = self.config.queued.clone();
         let (writer, writer_task) =
