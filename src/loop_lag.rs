@@ -2,7 +2,10 @@
 //! saturation signal. A worker whose CPU is spent runs every ready task
 //! later and later (its run queue grows), including a timer ticking on it;
 //! that lateness, smoothed, is what a new session would wait for each frame.
-//! Admission refuses new thoth sessions while it is over
+//! What counts is the lateness *sustained* over the last half second (the
+//! least of its smoothed values then): a burst of new connections makes a
+//! worker late for a moment, a spent CPU makes it late all along. Admission
+//! refuses new thoth sessions while the sustained lateness is over
 //! `OVERLOAD_LOOP_LAG_MS` (the gateway is at capacity), and
 //! `chronus_worker_loop_lag_seconds` shows it.
 
@@ -17,8 +20,10 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// four ticks, 200 ms: one slow tick does not refuse anyone, a saturated
 /// worker is seen within a few hundred milliseconds).
 const NEW_WEIGHT: f64 = 0.25;
+/// Ticks over which the lateness must last: half a second.
+const SUSTAINED_TICKS: usize = 10;
 
-/// Each watched worker's smoothed lateness, in microseconds.
+/// Each watched worker's sustained lateness, in microseconds.
 static WORKERS: Mutex<Vec<Arc<AtomicU64>>> = Mutex::new(Vec::new());
 
 thread_local! {
@@ -40,12 +45,14 @@ pub fn watch_this_worker() {
     actix_rt::spawn(async move {
         let _watched = watched;
         let mut smoothed_us = 0.0_f64;
-        loop {
+        let mut recent = [0_u64; SUSTAINED_TICKS];
+        for tick in 0.. {
             let started = Instant::now();
             actix_rt::time::sleep(TICK).await;
             let late = started.elapsed().saturating_sub(TICK);
             smoothed_us = smooth(smoothed_us, late.as_secs_f64() * 1e6);
-            slot.store(smoothed_us as u64, Ordering::Relaxed);
+            recent[tick % SUSTAINED_TICKS] = smoothed_us as u64;
+            slot.store(sustained(&recent), Ordering::Relaxed);
             crate::metrics::WORKER_LOOP_LAG.set(worst().as_secs_f64());
         }
     });
@@ -69,7 +76,12 @@ fn smooth(previous_us: f64, newest_us: f64) -> f64 {
     previous_us * (1.0 - NEW_WEIGHT) + newest_us * NEW_WEIGHT
 }
 
-/// The most late worker's smoothed lateness.
+/// The lateness every recent tick had at least.
+fn sustained(recent: &[u64]) -> u64 {
+    recent.iter().copied().min().unwrap_or(0)
+}
+
+/// The most late worker's sustained lateness.
 pub fn worst() -> Duration {
     let workers = WORKERS.lock().unwrap_or_else(PoisonError::into_inner);
     let worst_us = workers
@@ -95,16 +107,26 @@ mod tests {
         assert!(value > 90_000.0, "{value}");
     }
 
+    #[test]
+    fn a_burst_is_not_sustained_lateness() {
+        let mut recent = [2_000_u64; SUSTAINED_TICKS];
+        recent[3] = 150_000; // one slow moment
+        assert_eq!(sustained(&recent), 2_000);
+        let all_late = [60_000_u64; SUSTAINED_TICKS];
+        assert_eq!(sustained(&all_late), 60_000);
+    }
+
     #[actix_rt::test]
     async fn a_worker_kept_busy_shows_its_lateness() {
         watch_this_worker();
         watch_this_worker(); // once per thread
-                             // Block this thread's loop for longer than a tick, a few times.
-        for _ in 0..4 {
+                             // Block this thread's loop for longer than a tick, again and again:
+                             // every tick of the last half second is late.
+        for _ in 0..(SUSTAINED_TICKS + 4) {
             actix_rt::time::sleep(Duration::from_millis(5)).await;
             std::thread::sleep(Duration::from_millis(120));
         }
-        actix_rt::time::sleep(TICK * 2).await;
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
         assert!(worst() >= Duration::from_millis(20), "{:?}", worst());
     }
 }
