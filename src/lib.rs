@@ -7,12 +7,12 @@
 pub mod audio;
 pub mod auth;
 pub mod config;
+pub mod cpu_load;
 pub mod demo;
 pub mod devthoth;
 pub mod error;
 pub mod http;
 pub mod logging;
-pub mod loop_lag;
 pub mod metrics;
 pub mod session;
 pub mod state;
@@ -144,6 +144,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
         database.redacted_url()
     );
     let keys = store::keys::ApiKeyStore::new(database, Arc::new(cipher));
+    // CPU utilisation, a capacity signal for admission.
+    actix_rt::spawn(cpu_load::sample());
     let upstream_arbiter = Arbiter::new();
     let thoth = ThothPool::start(&config, thoth_tls, &upstream_arbiter.handle());
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
@@ -161,8 +163,6 @@ pub async fn start(config: Config) -> Result<RunningGateway, Box<dyn std::error:
 
     let public_state = state.clone();
     let public = HttpServer::new(move || {
-        // Runs on each worker: its event loop's lateness is a capacity signal.
-        crate::loop_lag::watch_this_worker();
         App::new()
             .app_data(public_state.clone())
             .wrap(access_log())

@@ -166,14 +166,13 @@ pub static SESSIONS_MAX: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
-/// The most late public worker's event loop, smoothed (`loop_lag.rs`):
-/// the gateway's own saturation, which admission compares with
-/// `OVERLOAD_LOOP_LAG_MS`.
-pub static WORKER_LOOP_LAG: LazyLock<Gauge> = LazyLock::new(|| {
+/// The share of its cores the gateway uses, smoothed (`cpu_load.rs`): its
+/// own saturation, which admission compares with `OVERLOAD_CPU_PERCENT`.
+pub static CPU_UTILIZATION: LazyLock<Gauge> = LazyLock::new(|| {
     register(
         Gauge::new(
-            "chronus_worker_loop_lag_seconds",
-            "How late the most loaded worker's event loop runs (smoothed)",
+            "chronus_cpu_utilization_ratio",
+            "Share of the cores available to the gateway that it uses (smoothed)",
         )
         .expect("valid metric"),
     )
@@ -300,7 +299,7 @@ pub fn init() {
         ADMISSION_REFUSALS.with_label_values(&[reason]);
     }
     LazyLock::force(&SESSIONS_MAX);
-    LazyLock::force(&WORKER_LOOP_LAG);
+    LazyLock::force(&CPU_UTILIZATION);
     LazyLock::force(&ERRORS_SENT);
     LazyLock::force(&THOTH_REF_COUNT);
     LazyLock::force(&THOTH_CONNECTION_STATE);

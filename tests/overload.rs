@@ -1,6 +1,5 @@
 //! Graceful overload (issue 13 item 4): while the shared thoth socket stays
-//! congested, or a worker's event loop runs late (the gateway's own CPU is
-//! spent), a new session is refused at once with `THOTH_BUSY` (close 1013,
+//! congested, or the gateway's own CPU is spent, a new session is refused at once with `THOTH_BUSY` (close 1013,
 //! retryable) before thoth hears of it; the sessions already admitted lose
 //! nothing; once the pressure is gone, new sessions are admitted again.
 
@@ -118,8 +117,8 @@ async fn a_congested_thoth_socket_refuses_new_sessions_and_the_admitted_lose_not
         .replace(&thoth.addr().to_string(), &relay.to_string());
     let mut env = base_env(&thoth_url);
     env.insert("MAX_AUDIO_RATE".into(), "100000".into());
-    // This test is about the queue (the other one blocks a watched loop).
-    env.insert("OVERLOAD_LOOP_LAG_MS".into(), "0".into());
+    // This test is about the queue (the other one spends the CPU).
+    env.insert("OVERLOAD_CPU_PERCENT".into(), "0".into());
     let gateway = start_gateway(&env).await;
     let refusals_before = at_capacity_refusals(&gateway).await;
 
@@ -220,44 +219,45 @@ async fn a_congested_thoth_socket_refuses_new_sessions_and_the_admitted_lose_not
     thoth.stop();
 }
 
-/// The worker-lag registry is process-wide: one test at a time, so that one
-/// test's flood cannot read as the other's saturated worker.
+/// The CPU signal is the whole process's: one test at a time, so that one
+/// test's flood cannot read as the other's spent CPU.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Starts a thread whose actix event loop is watched like a public worker's
-/// (the registry is process-wide) and is blocked for 150 ms out of every
-/// 160 while `busy` is set: a worker whose CPU is spent. Ends when `busy`
-/// is cleared.
-fn saturated_worker(busy: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            chronus_gateway::loop_lag::watch_this_worker();
-            while busy.load(Ordering::SeqCst) {
-                actix_rt::time::sleep(Duration::from_millis(10)).await;
-                std::thread::sleep(Duration::from_millis(150));
-            }
+/// Spins enough threads to keep about 60% of the machine's cores busy (the
+/// gateway's process is this test's process) until `busy` is cleared.
+fn spin_cpus(busy: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..(cores * 6).div_ceil(10))
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(Ordering::Relaxed) {
+                    std::hint::black_box(0u64);
+                }
+            })
         })
-    })
+        .collect()
 }
 
 #[actix_rt::test]
-async fn a_saturated_worker_refuses_new_sessions_until_it_recovers() {
+async fn a_spent_cpu_refuses_new_sessions_until_it_is_free_again() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let thoth = DevThoth::start(DevThothOptions::default()).unwrap();
     let stats = thoth.stats();
     let mut env = base_env(&thoth.url());
-    env.insert("OVERLOAD_LOOP_LAG_MS".into(), "40".into());
+    env.insert("OVERLOAD_CPU_PERCENT".into(), "40".into());
     let gateway = start_gateway(&env).await;
     let refusals_before = at_capacity_refusals(&gateway).await;
-    assert!(
-        try_open(&gateway, "before").await.is_ok(),
-        "admitted at rest"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_open(&gateway, "before").await.is_err() {
+        assert!(Instant::now() < deadline, "admitted while the CPU is free");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let started_before = stats.mux_sessions_started();
 
     let busy = Arc::new(AtomicBool::new(true));
-    let worker = saturated_worker(busy.clone());
-    // Seen within a few ticks: refused, with the envelope and 1013.
+    let spinners = spin_cpus(busy.clone());
+    // Seen within a few samples: refused, with the envelope and 1013.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (messages, code) = loop {
         match try_open(&gateway, "during").await {
@@ -273,8 +273,8 @@ async fn a_saturated_worker_refuses_new_sessions_until_it_recovers() {
     assert!(error["message"].as_str().unwrap().contains("capacity"));
     assert_eq!(code, Some(1013));
     assert!(at_capacity_refusals(&gateway).await - refusals_before >= 1.0);
-    let lag = metric_value(&gateway, "chronus_worker_loop_lag_seconds ").await;
-    assert!(lag > 0.04, "the gauge shows the lag: {lag}");
+    let cpu = metric_value(&gateway, "chronus_cpu_utilization_ratio ").await;
+    assert!(cpu > 0.4, "the gauge shows the load: {cpu}");
     // The refused session never reached thoth.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -282,13 +282,18 @@ async fn a_saturated_worker_refuses_new_sessions_until_it_recovers() {
         admitted_meanwhile
     );
 
-    // The worker recovers: the smoothed lag decays and sessions are admitted.
+    // The CPU is free again: sessions are admitted within a few samples.
     busy.store(false, Ordering::SeqCst);
-    worker.join().unwrap();
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while try_open(&gateway, "after").await.is_err() {
-        assert!(Instant::now() < deadline, "admitted again once recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Instant::now() < deadline,
+            "admitted again once the CPU is free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gateway.stop().await;
     thoth.stop();

@@ -93,9 +93,9 @@ pub struct Config {
     /// (queued and kept for replay), process-wide; new sessions are refused
     /// above 80% of it.
     pub audio_buffer_budget_bytes: usize,
-    /// `OVERLOAD_LOOP_LAG_MS` (default 50, `0`: off): new thoth sessions are
-    /// refused while a public worker's event loop runs this late (smoothed).
-    pub overload_loop_lag: Option<Duration>,
+    /// `OVERLOAD_CPU_PERCENT` (default 85, `0`: off): new thoth sessions are
+    /// refused while the gateway uses more than this share of its cores.
+    pub overload_cpu_percent: Option<u32>,
     /// Delay between connection attempts doubles from this value (3 retries).
     pub thoth_retry_base: Duration,
     pub legacy_flush_grace: Duration,
@@ -246,8 +246,8 @@ impl Config {
             thoth_idle_close: vars.secs("THOTH_IDLE_CLOSE_SECS", 30)?,
             thoth_replay_max: vars.secs("THOTH_REPLAY_MAX_SECS", 30)?,
             audio_buffer_budget_bytes: thoth::read_audio_buffer_budget(&vars)?,
-            overload_loop_lag: Some(vars.millis("OVERLOAD_LOOP_LAG_MS", 50)?)
-                .filter(|lag| !lag.is_zero()),
+            overload_cpu_percent: Some(vars.parsed("OVERLOAD_CPU_PERCENT", 85_u32)?)
+                .filter(|percent| *percent > 0),
             thoth_resume_timeout: vars.secs("THOTH_RESUME_TIMEOUT_SECS", 10)?,
             thoth_retry_base: vars.millis("THOTH_RETRY_BASE_MS", 250)?,
             legacy_flush_grace: vars.millis("LEGACY_FLUSH_GRACE_MS", 1500)?,

@@ -185,13 +185,13 @@ fn the_audio_buffer_budget_defaults_to_1_gib_and_is_always_on() {
 }
 
 #[test]
-fn the_loop_lag_limit_defaults_to_50_ms_and_0_turns_it_off() {
+fn the_cpu_limit_defaults_to_85_percent_and_0_turns_it_off() {
     let cfg = Config::from_map(&base()).unwrap();
-    assert_eq!(cfg.overload_loop_lag, Some(Duration::from_millis(50)));
+    assert_eq!(cfg.overload_cpu_percent, Some(85));
     let mut vars = base();
-    vars.insert("OVERLOAD_LOOP_LAG_MS".into(), "0".into());
-    assert_eq!(Config::from_map(&vars).unwrap().overload_loop_lag, None);
-    vars.insert("OVERLOAD_LOOP_LAG_MS".into(), "fast".into());
+    vars.insert("OVERLOAD_CPU_PERCENT".into(), "0".into());
+    assert_eq!(Config::from_map(&vars).unwrap().overload_cpu_percent, None);
+    vars.insert("OVERLOAD_CPU_PERCENT".into(), "busy".into());
     let err = Config::from_map(&vars).unwrap_err();
-    assert!(err.to_string().contains("OVERLOAD_LOOP_LAG_MS"), "{err}");
+    assert!(err.to_string().contains("OVERLOAD_CPU_PERCENT"), "{err}");
 }

@@ -158,7 +158,7 @@ async fn open_chronus_session(
     // At capacity: refused before any upstream work, so the sessions already
     // admitted keep their latency instead of sharing seconds of queue.
     let at_capacity = match request.provider {
-        Provider::Thoth => state.thoth.at_capacity(state.config.overload_loop_lag),
+        Provider::Thoth => state.thoth.at_capacity(state.config.overload_cpu_percent),
         _ => None,
     };
     if let Some(why) = at_capacity {

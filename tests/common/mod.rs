@@ -54,9 +54,9 @@ pub fn base_env(thoth_url: &str) -> HashMap<String, String> {
         ("LEGACY_FLUSH_GRACE_MS".into(), "300".into()),
         ("DATABASE_URL".into(), db.display().to_string()),
         ("MAX_SESSIONS_PER_USER".into(), "1000".into()),
-        // Off: the tests of one binary share a process (and the worker-lag
-        // registry) and a busy CI machine; tests/overload.rs turns it on.
-        ("OVERLOAD_LOOP_LAG_MS".into(), "0".into()),
+        // Off: the tests of one binary share a process (its CPU time) and
+        // a busy CI machine; tests/overload.rs turns it on.
+        ("OVERLOAD_CPU_PERCENT".into(), "0".into()),
     ])
 }
 

@@ -16,8 +16,8 @@ use super::legacy_actor::Legacy;
 use super::monitor::{EndpointSnapshot, GetSnapshot};
 use super::mux_actor::Mux;
 use crate::config::{Config, ThothProtocol};
+use crate::cpu_load;
 use crate::error::{ErrorCode, GatewayError};
-use crate::loop_lag;
 use crate::upstream::audio_budget::AUDIO_BUDGET;
 use crate::upstream::writer::{QueueGauge, THOTH_CONGESTED_QUEUE_BYTES};
 
@@ -120,15 +120,15 @@ impl ThothPool {
     /// capacity, if it must: the audio it holds for thoth is over 80% of
     /// `AUDIO_BUFFER_BUDGET_BYTES`; or the shared socket the session would
     /// use (the least loaded endpoint's, in `mux` mode) has stayed congested
-    /// for [`CONGESTED_FOR`]: thoth is not keeping up; or a public worker's
-    /// event loop runs later than `max_loop_lag`: the gateway itself is not.
+    /// for [`CONGESTED_FOR`]: thoth is not keeping up; or the gateway uses
+    /// more than `max_cpu_percent` of its cores: it is not keeping up itself.
     /// Lock-free: a few atomic loads, no actor round-trip.
-    pub fn at_capacity(&self, max_loop_lag: Option<Duration>) -> Option<&'static str> {
+    pub fn at_capacity(&self, max_cpu_percent: Option<u32>) -> Option<&'static str> {
         if AUDIO_BUDGET.refuses_new_sessions() {
             return Some("audio buffering over 80% of AUDIO_BUFFER_BUDGET_BYTES");
         }
-        if max_loop_lag.is_some_and(|limit| loop_lag::worst() > limit) {
-            return Some("worker event loops over OVERLOAD_LOOP_LAG_MS");
+        if max_cpu_percent.is_some_and(|limit| cpu_load::utilization() * 100.0 > f64::from(limit)) {
+            return Some("CPU over OVERLOAD_CPU_PERCENT");
         }
         if self.protocol != ThothProtocol::Mux {
             return None; // one socket per session: no shared queue to congest
