@@ -11,6 +11,8 @@
 //! cargo run --example bench -- --smoke --gateway-bin target/debug/chronus-gateway
 //! ```
 
+#[path = "bench/admin_metrics.rs"]
+mod admin_metrics;
 #[path = "bench/audio.rs"]
 mod audio;
 #[path = "bench/direct.rs"]
@@ -43,11 +45,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admin_metrics::AudioWatch;
 use gateway::{GatewayProcess, GatewaySettings};
 use load::{Mode, Target, Timeline};
 use options::{parse_args, Figure, Options, USAGE};
 use report::{RunRecord, Side};
 use thoth::FakeThoth;
+
+/// How long before the window's end its last figures are read (the
+/// sessions are all still held then).
+const WINDOW_END_MARGIN: Duration = Duration::from_millis(5);
 
 /// Tokens for `users` users, minted once per run.
 fn mint_tokens(users: usize) -> Result<Arc<Vec<String>>, String> {
@@ -112,10 +119,20 @@ fn run_side(
     let timeline = Timeline::new(plan);
     let perf = opts.perf.clone();
     let sampler = std::thread::spawn(move || sample_window(pid, timeline, perf));
+    // The gateway's own gauges, through ramp, warm-up and window; the last
+    // scrape at the window's end, like the RSS figure.
+    let audio_watcher = gateway.as_ref().and_then(|g| g.admin_addr).map(|admin| {
+        let until = timeline.window_end - WINDOW_END_MARGIN;
+        std::thread::spawn(move || AudioWatch::run(admin, until))
+    });
     let own_cpu_before = gateway::own_cpu_seconds();
     let result = load::run(plan, &target, timeline);
     let own_cpu = gateway::own_cpu_seconds() - own_cpu_before;
     let window = sampler.join().map_err(|_| "sampler panicked")?;
+    let audio = match audio_watcher {
+        Some(w) => Some(w.join().map_err(|_| "audio watcher panicked")?),
+        None => None,
+    };
     let rss_peak = pid.and_then(gateway::rss_kib).map(|r| r.1);
     let gateway_log_lines = gateway.as_ref().map(|g| g.log_lines()).unwrap_or(0);
     let gateway_log_tail = if result.failures.total() > 0 {
@@ -146,6 +163,7 @@ fn run_side(
                 Side::Gateway => opts.audio_budget_mib,
                 Side::LeanRelay | Side::Direct => None,
             },
+            audio,
         },
     ))
 }
@@ -173,7 +191,7 @@ fn sample_window(pid: Option<u32>, tl: Timeline, perf: Option<PathBuf>) -> Windo
     std::thread::sleep(
         tl.window_end
             .saturating_duration_since(std::time::Instant::now())
-            .saturating_sub(Duration::from_millis(5)),
+            .saturating_sub(WINDOW_END_MARGIN),
     );
     let after = gateway::cpu_seconds(pid);
     if let Some(profiler) = profiler {

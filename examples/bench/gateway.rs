@@ -33,6 +33,8 @@ pub struct GatewaySettings {
 /// A running gateway process; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`); the lean relay has none.
+    pub admin_addr: Option<SocketAddr>,
     child: Child,
     dir: PathBuf,
 }
@@ -126,7 +128,12 @@ impl GatewayProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let mut gateway = GatewayProcess { addr, child, dir };
+        let mut gateway = GatewayProcess {
+            addr,
+            admin_addr: Some(admin_addr),
+            child,
+            dir,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = gateway.child.try_wait() {
@@ -177,7 +184,12 @@ impl GatewayProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("cannot start the lean relay: {e}"))?;
-        let mut relay = GatewayProcess { addr, child, dir };
+        let mut relay = GatewayProcess {
+            addr,
+            admin_addr: None,
+            child,
+            dir,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = relay.child.try_wait() {
