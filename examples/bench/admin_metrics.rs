@@ -69,15 +69,14 @@ pub fn scrape(admin: SocketAddr) -> Option<AdminScrape> {
     let mut stream = TcpStream::connect_timeout(&admin, SCRAPE_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    // HTTP/1.0: the body comes whole, never chunked (a chunk boundary could
+    // cut a line, and its number, in two).
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
+    let status = head.split_whitespace().nth(1)?;
+    if !head.starts_with("HTTP/1.") || status != "200" {
         return None;
     }
     Some(parse_exposition(body))
