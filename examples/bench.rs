@@ -119,8 +119,8 @@ fn run_side(
     let timeline = Timeline::new(plan);
     let perf = opts.perf.clone();
     let sampler = std::thread::spawn(move || sample_window(pid, timeline, perf));
-    // The gateway's own gauges, through ramp, warm-up and window; the last
-    // scrape at the window's end, like the RSS figure.
+    // The gateway's own gauges, through ramp, warm-up and window (the last
+    // scrape answered before the window's end, every session held).
     let audio_watcher = gateway.as_ref().and_then(|g| g.admin_addr).map(|admin| {
         let until = timeline.window_end - WINDOW_END_MARGIN;
         std::thread::spawn(move || AudioWatch::run(admin, until))

@@ -1,6 +1,6 @@
 //! The audio the gateway holds, read off its admin listener (`GET /metrics`,
 //! Prometheus text) while a figure runs: a thread scrapes every
-//! [`SCRAPE_EVERY`] and keeps the peaks and the end-of-window value.
+//! [`SCRAPE_EVERY`] and keeps the peaks and the last value in the window.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -87,8 +87,7 @@ pub fn scrape(admin: SocketAddr) -> Option<AdminScrape> {
 pub struct AudioWatch {
     /// Peak of queued + replay, bytes.
     pub held_peak_bytes: Option<f64>,
-    /// Replay bytes of the last scrape that succeeded: the window's end
-    /// unless that one failed.
+    /// Replay bytes of the last scrape answered before the window's end.
     pub replay_end_bytes: Option<f64>,
     pub cpu_utilization_peak: Option<f64>,
     /// The gateway's `AUDIO_BUFFER_BUDGET_BYTES` (its default unless given).
@@ -114,24 +113,19 @@ impl AudioWatch {
         }
     }
 
-    /// Scrapes `admin` every [`SCRAPE_EVERY`] until `until`, and once more
-    /// at `until` (the end-of-window figure). A failed scrape is skipped.
+    /// Scrapes `admin` every [`SCRAPE_EVERY`] until `until`. Only scrapes
+    /// answered before `until` count: one still under way when the window
+    /// ends would read the gateway after the sessions ended.
     pub fn run(admin: SocketAddr, until: Instant) -> AudioWatch {
         let mut watch = AudioWatch::default();
-        loop {
+        while Instant::now() + SCRAPE_EVERY < until {
             let started = Instant::now();
-            let last = started + SCRAPE_EVERY >= until;
-            if last {
-                std::thread::sleep(until.saturating_duration_since(started));
-            }
-            if let Some(s) = scrape(admin) {
+            if let Some(s) = scrape(admin).filter(|_| Instant::now() < until) {
                 watch.record(&s);
-            }
-            if last {
-                return watch;
             }
             std::thread::sleep(SCRAPE_EVERY.saturating_sub(started.elapsed()));
         }
+        watch
     }
 }
 

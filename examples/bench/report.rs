@@ -277,7 +277,7 @@ impl RunRecord {
         };
         let audio = if self.side == Side::Gateway {
             format!(
-                ", audio held peak {} MiB (replay {} MiB at the end)",
+                ", audio held peak {} MiB (replay {} MiB at the window's end)",
                 cell(f["audio_held_peak_mib"], 1),
                 cell(f["replay_end_mib"], 1)
             )
