@@ -149,7 +149,10 @@ where
 {
     let taken = Arc::new(AtomicUsize::new(0));
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes);
-    let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), payload, codec);
+    // One frame per turn: a session that falls behind leaves its backlog
+    // in the socket instead of in an ever-growing buffer (paced.rs).
+    let body = super::paced::PacedFrames::new(payload, state.config.max_frame_bytes);
+    let frames = ws::WebsocketContext::with_codec(actor(taken.clone()), body, codec);
     (frames, taken)
 }
 

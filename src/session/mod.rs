@@ -13,6 +13,7 @@ pub mod mistral_proxy;
 pub mod note_access;
 pub mod note_sessions;
 pub mod outbound;
+pub mod paced;
 pub mod rate;
 pub mod routes;
 pub mod session_clock;
