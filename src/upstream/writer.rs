@@ -429,19 +429,11 @@ async fn run_writer(
     }
 }
 
-/// Payload bytes of a frame, as counted against the bound.
-pub fn message_len(message: &WsMessage) -> usize {
-    match message {
-        WsMessage::Text(text) => text.len(),
-        WsMessage::Binary(bytes) => bytes.len(),
-        _ => 0,
-    }
-}
-
 mod frame;
 mod gauge;
 mod progress;
 pub mod sink;
+pub use frame::message_len;
 use frame::Frame;
 pub use gauge::QueueGauge;
 use progress::{Progress, Unwritten};

@@ -15,13 +15,20 @@ pub enum Frame {
     MuxAudio { session_id: Uuid, audio: Bytes },
 }
 
+/// Payload bytes of a message, as counted against the queue's bounds.
+pub fn message_len(message: &WsMessage) -> usize {
+    match message {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
 impl Frame {
     /// Payload bytes, as counted against the queue's bounds.
     pub fn len(&self) -> usize {
         match self {
-            Frame::Message(WsMessage::Text(text)) => text.len(),
-            Frame::Message(WsMessage::Binary(bytes)) => bytes.len(),
-            Frame::Message(_) => 0,
+            Frame::Message(message) => message_len(message),
             Frame::MuxAudio { audio, .. } => PREFIX_LEN + audio.len(),
         }
     }
