@@ -17,24 +17,8 @@ const TRANSCRIBE: &str = "/api/audio/transcribe";
 
 /// The value of `chronus_admission_refusals_total{reason="…"}` on `/metrics`.
 async fn refusals(gateway: &RunningGateway, reason: &str) -> f64 {
-    let url = format!("http://{}/metrics", gateway.admin_addr);
-    let body = awc::Client::new()
-        .get(url)
-        .send()
-        .await
-        .expect("scrape")
-        .body()
-        .limit(16 * 1024 * 1024)
-        .await
-        .expect("body");
-    let text = String::from_utf8(body.to_vec()).expect("UTF-8");
     let series = format!("chronus_admission_refusals_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .unwrap_or_else(|| panic!("no {series} in the exposition"))
-        .trim()
-        .parse()
-        .expect("a number")
+    metric_value(gateway, &series).await
 }
 
 /// Opens a session for `user`; returns it with its first message.

@@ -64,27 +64,6 @@ async fn at_capacity_refusals(gateway: &RunningGateway) -> f64 {
     .await
 }
 
-/// The value of the series whose exposition line starts with `series`.
-async fn metric_value(gateway: &RunningGateway, series: &str) -> f64 {
-    let url = format!("http://{}/metrics", gateway.admin_addr);
-    let body = awc::Client::new()
-        .get(url)
-        .send()
-        .await
-        .expect("scrape")
-        .body()
-        .limit(16 * 1024 * 1024)
-        .await
-        .expect("body");
-    let text = String::from_utf8(body.to_vec()).expect("UTF-8");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .unwrap_or_else(|| panic!("no {series} in the exposition"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 /// Tries to open a session: `Ok(())` when admitted (then closed again),
 /// `Err((messages, close code))` when refused.
 async fn try_open(

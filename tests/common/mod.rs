@@ -325,6 +325,28 @@ where
     check().await
 }
 
+/// The value on the gateway's `/metrics` of the series whose exposition
+/// line starts with `series` (name, labels and the space before the value).
+pub async fn metric_value(gateway: &RunningGateway, series: &str) -> f64 {
+    let url = format!("http://{}/metrics", gateway.admin_addr);
+    let body = awc::Client::new()
+        .get(url)
+        .send()
+        .await
+        .expect("scrape")
+        .body()
+        .limit(16 * 1024 * 1024)
+        .await
+        .expect("body");
+    let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in the exposition"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
 pub fn ws_url(gateway: &RunningGateway, path_and_query: &str) -> String {
     format!("ws://{}{}", gateway.public_addr, path_and_query)
 }
