@@ -19,7 +19,7 @@ use crate::config::{Config, ThothProtocol};
 use crate::cpu_load;
 use crate::error::{ErrorCode, GatewayError};
 use crate::upstream::audio_budget::AUDIO_BUDGET;
-use crate::upstream::writer::{QueueGauge, THOTH_CONGESTED_QUEUE_BYTES};
+use crate::upstream::writer::QueueGauge;
 
 /// How long the shared socket's queue must stay congested before new
 /// sessions are refused: longer than a scheduling hiccup or a ramp's burst,
@@ -136,10 +136,9 @@ impl ThothPool {
         self.endpoints
             .iter()
             .min_by_key(|e| e.ref_count.load(Ordering::Relaxed))
-            .filter(|e| {
-                e.queued.bytes() > THOTH_CONGESTED_QUEUE_BYTES
-                    && e.queued.congested_for() >= CONGESTED_FOR
-            })
+            // Congested since it went over 2 MiB, until it is back under 1 MiB
+            // (the gauge's hysteresis): a queue hovering at the mark counts.
+            .filter(|e| e.queued.congested_for() >= CONGESTED_FOR)
             .map(|_| "the shared thoth socket stays congested")
     }
 
